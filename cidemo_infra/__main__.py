@@ -1,0 +1,3 @@
+from cidemo_infra.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Smoke checks: each a named verdict with a one-line detail."""

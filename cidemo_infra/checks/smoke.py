@@ -1,0 +1,205 @@
+"""The smoke checks of a placed site: etcd, registrations, Galera, the proxy, a row, Jenkins."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+import pymysql
+
+from cidemo_infra.checks.report import Report
+from cidemo_infra.galera.member import member_status, run_sql
+from cidemo_infra.placement.specs import GALERA_PORTS, ContainerSpec
+from cidemo_infra.probes import http_answers
+from cidemo_infra.registry.keys import JENKINS_SERVICE, PROXY_SERVICES, Registry
+
+SMOKE_DB = "cidemo_smoke"
+
+
+@dataclass
+class SmokeContext:
+    registry: Registry
+    clients: Mapping[str, docker.DockerClient]
+    specs: list[ContainerSpec]
+    rw_endpoint: tuple[str, int]  # where the tool reaches the proxy's read-write port
+    root_password: str
+    jenkins_url: str | None
+
+
+def run_smoke(ctx: SmokeContext) -> Report:
+    report = Report()
+    ok, detail = ctx.registry.is_healthy()
+    report.add("etcd", ok, detail)
+    if not ok:
+        return report
+    members = [s for s in ctx.specs if s.role == "galera"]
+    checks: list[Callable[[SmokeContext, list[ContainerSpec], Report], None]] = [
+        _registrations,
+        _galera,
+        _proxy,
+        _row_everywhere,
+        _jenkins,
+    ]
+    for check in checks:
+        check(ctx, members, report)
+    return report
+
+
+def _container(ctx: SmokeContext, spec: ContainerSpec) -> docker.models.containers.Container:
+    return ctx.clients[spec.engine].containers.get(spec.name)
+
+
+def _registrations(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
+    expected = {s.name: dict(s.env)["NODE_ADDRESS"] for s in members}
+    problems = []
+    for service, port in GALERA_PORTS.items():
+        regs = ctx.registry.services(service)
+        got = {r.container: r.value for r in regs}
+        want = {name: f"{ip}:{port}" for name, ip in expected.items()}
+        if got != want:
+            missing = sorted(set(want) - set(got))
+            extra = sorted(set(got) - set(want))
+            wrong = sorted(n for n in set(got) & set(want) if got[n] != want[n])
+            problems.append(
+                f"{service}: missing {missing or '-'}, unexpected {extra or '-'}, "
+                f"wrong value {wrong or '-'}"
+            )
+    report.add(
+        "database registrations",
+        not problems,
+        "; ".join(problems)
+        if problems
+        else f"{len(members)} members x {len(GALERA_PORTS)} services registered with TTL",
+    )
+
+
+def _galera(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
+    statuses = []
+    for spec in members:
+        try:
+            statuses.append((spec, member_status(_container(ctx, spec))))
+        except docker.errors.NotFound:
+            report.add(f"galera {spec.node}", False, f"{spec.name}: container missing")
+    uuids = {st.cluster_uuid for _, st in statuses if st.running and st.cluster_uuid}
+    for spec, st in statuses:
+        if not st.running:
+            report.add(f"galera {spec.node}", False, f"{spec.name}: down ({st.error})")
+        elif not st.is_synced or st.cluster_size != len(members):
+            report.add(
+                f"galera {spec.node}",
+                False,
+                f"{spec.name}: state {st.state or '?'}, cluster size {st.cluster_size} "
+                f"of {len(members)}{', ' + st.error if st.error else ''}",
+            )
+        else:
+            report.add(
+                f"galera {spec.node}",
+                True,
+                f"Synced, cluster size {st.cluster_size}, seqno {st.last_committed}",
+            )
+    report.add(
+        "galera cluster uuid",
+        len(uuids) == 1,
+        f"one cluster {next(iter(uuids))}"
+        if len(uuids) == 1
+        else f"{len(uuids)} cluster UUIDs: {', '.join(sorted(uuids)) or 'none'}",
+    )
+
+
+def _proxy(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
+    proxy = next((s for s in ctx.specs if s.role == "dbproxy"), None)
+    if proxy is None:
+        return
+    registered = sorted(r.value for r in ctx.registry.services("database_port"))
+    try:
+        result = _container(ctx, proxy).exec_run(["cat", "/run/cidemo/backends"])
+        backends = sorted(result.output.decode().split()) if result.exit_code == 0 else None
+    except docker.errors.APIError as exc:
+        backends, registered = None, [str(exc.explanation or exc)]
+    except docker.errors.NotFound:
+        backends = None
+    if backends is None:
+        report.add("proxy backends", False, f"{proxy.name}: cannot read its backend set")
+    else:
+        report.add(
+            "proxy backends",
+            backends == registered,
+            f"backends {backends} "
+            + ("= registered" if backends == registered else f"!= registered {registered}"),
+        )
+    for service in PROXY_SERVICES:
+        regs = [r for r in ctx.registry.services(service) if r.container == proxy.name]
+        report.add(
+            f"proxy {service} registered",
+            bool(regs),
+            regs[0].value if regs else f"no key under /services/{service}",
+        )
+
+
+def _row_everywhere(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
+    token = uuid.uuid4().hex
+    host, port = ctx.rw_endpoint
+    try:
+        conn = pymysql.connect(
+            host=host,
+            port=port,
+            user="root",
+            password=ctx.root_password,
+            connect_timeout=10,
+            read_timeout=30,
+            write_timeout=30,
+            autocommit=True,
+        )
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS {SMOKE_DB}")
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {SMOKE_DB}.rows (id BIGINT AUTO_INCREMENT "
+                "PRIMARY KEY, token CHAR(32) NOT NULL, at TIMESTAMP DEFAULT NOW())"
+            )
+            cur.execute(f"INSERT INTO {SMOKE_DB}.rows (token) VALUES (%s)", (token,))
+        conn.close()
+    except pymysql.MySQLError as exc:
+        report.add("row through proxy", False, f"write through {host}:{port} failed: {exc}")
+        return
+    missing = []
+    for spec in members:
+        try:
+            rc, out = run_sql(
+                _container(ctx, spec), f"SELECT COUNT(*) FROM {SMOKE_DB}.rows WHERE token='{token}'"
+            )
+        except (docker.errors.NotFound, docker.errors.APIError):
+            rc, out = 1, ""
+        if rc != 0 or out.strip() != "1":
+            missing.append(spec.node)
+    report.add(
+        "row through proxy",
+        not missing,
+        f"row written via {host}:{port} "
+        + (
+            f"missing on {', '.join(missing)}"
+            if missing
+            else f"read back on all {len(members)} members"
+        ),
+    )
+
+
+def _jenkins(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
+    spec = next((s for s in ctx.specs if s.role == "jenkins"), None)
+    if spec is None:
+        return
+    if ctx.jenkins_url:
+        answers = http_answers(ctx.jenkins_url)
+        report.add(
+            "jenkins http",
+            answers,
+            f"{ctx.jenkins_url} " + ("answers" if answers else "does not answer"),
+        )
+    regs = [r for r in ctx.registry.services(JENKINS_SERVICE) if r.container == spec.name]
+    report.add(
+        "jenkins registered",
+        bool(regs),
+        regs[0].value if regs else f"no key under /services/{JENKINS_SERVICE}",
+    )

@@ -1,0 +1,249 @@
+"""The `cidemo` command: parse, call, print, map errors to exit codes (DESIGN.md: 0, 1, 2, 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+
+from cidemo_infra import lifecycle
+from cidemo_infra.console import Reporter
+from cidemo_infra.errors import EXIT_FAILED, EXIT_PLAN_CHANGES, EXIT_USAGE, CidemoError
+from cidemo_infra.site import load_site
+from cidemo_infra.site.schema import site_json_schema
+from cidemo_infra.state import StateDir
+
+DEFAULT_SITE = "infra/sites/local.yaml"
+
+
+@dataclass
+class Context:
+    verbose: bool
+    reporter: Reporter
+
+
+def _is_yes(yes: bool) -> bool:
+    return yes or os.environ.get("CIDEMO_YES", "") in ("1", "true", "yes")
+
+
+site_option = click.option(
+    "--site",
+    "site_path",
+    default=lambda: os.environ.get("CIDEMO_SITE", DEFAULT_SITE),
+    show_default=DEFAULT_SITE,
+    type=click.Path(dir_okay=False),
+    help="site file (env CIDEMO_SITE)",
+)
+state_option = click.option(
+    "--state-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="state directory (env CIDEMO_STATE_DIR; default .cidemo/<site>)",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+dry_run_option = click.option("--dry-run", is_flag=True, help="print the plan and change nothing")
+yes_option = click.option("--yes", "-y", is_flag=True, help="do not ask (env CIDEMO_YES=1)")
+lock_option = click.option(
+    "--lock-wait",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="seconds to wait for another run on the same site",
+)
+
+
+def _load(site_path: str, state_dir: str | None) -> tuple[Any, StateDir]:
+    site = load_site(site_path)
+    return site, StateDir.resolve(site.name, state_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="tracebacks and debug logs")
+@click.option("-q", "--quiet", is_flag=True, help="no progress lines")
+@click.version_option(package_name="cidemo-infra")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+    """Stand up, check and tear down the cidemo platform (local Docker or OpenStack)."""
+    ctx.obj = Context(verbose=verbose, reporter=Reporter(quiet=quiet))
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of site files (for editors)."""
+    click.echo(json.dumps(site_json_schema(), indent=2, sort_keys=True))
+
+
+@cli.command()
+@site_option
+@state_option
+@click.pass_obj
+def render(obj: Context, site_path: str, state_dir: str | None) -> None:
+    """Render Terraform inputs and each node's cloud-config into the state directory."""
+    site, state = _load(site_path, state_dir)
+    for path in lifecycle.render(site, state, site_path):
+        obj.reporter.line(str(path))
+
+
+@cli.command()
+@site_option
+@state_option
+@json_option
+@click.pass_obj
+def plan(obj: Context, site_path: str, state_dir: str | None, as_json: bool) -> None:
+    """Show what provision would change; exit 3 when there are changes, 0 when none."""
+    site, state = _load(site_path, state_dir)
+    result = lifecycle.plan(site, state, site_path, obj.reporter)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        result.print(obj.reporter)
+    if result.has_changes:
+        sys.exit(EXIT_PLAN_CHANGES)
+
+
+@cli.command()
+@site_option
+@state_option
+@dry_run_option
+@yes_option
+@lock_option
+@click.pass_obj
+def provision(
+    obj: Context, site_path: str, state_dir: str | None, dry_run: bool, yes: bool, lock_wait: float
+) -> None:
+    """Create or converge the site: infrastructure, services, then the smoke checks."""
+    site, state = _load(site_path, state_dir)
+    lifecycle.provision(
+        site, state, site_path, obj.reporter, dry_run=dry_run, yes=_is_yes(yes), lock_wait=lock_wait
+    )
+
+
+@cli.command()
+@site_option
+@state_option
+@dry_run_option
+@yes_option
+@lock_option
+@click.option("--purge", is_flag=True, help="also remove the site's volumes (database data)")
+@click.pass_obj
+def destroy(
+    obj: Context,
+    site_path: str,
+    state_dir: str | None,
+    dry_run: bool,
+    yes: bool,
+    lock_wait: float,
+    purge: bool,
+) -> None:
+    """Remove exactly what carries the site's label (volumes only with --purge)."""
+    site, state = _load(site_path, state_dir)
+    lifecycle.destroy(
+        site,
+        state,
+        site_path,
+        obj.reporter,
+        dry_run=dry_run,
+        yes=_is_yes(yes),
+        lock_wait=lock_wait,
+        purge=purge,
+    )
+
+
+@cli.command()
+@site_option
+@state_option
+@json_option
+@click.pass_obj
+def status(obj: Context, site_path: str, state_dir: str | None, as_json: bool) -> None:
+    """List the site's nodes and containers as they are now."""
+    site, state = _load(site_path, state_dir)
+    rows = lifecycle.status(site, state)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        headers = ["node", "role", "container", "state", "image"]
+        obj.reporter.table(headers, [[r[h] for h in headers] for r in rows])
+
+
+@cli.command()
+@site_option
+@state_option
+@json_option
+@click.pass_obj
+def smoke(obj: Context, site_path: str, state_dir: str | None, as_json: bool) -> None:
+    """Check that every service registered and is healthy; exit 1 on any failure."""
+    site, state = _load(site_path, state_dir)
+    report = lifecycle.smoke(site, state, obj.reporter)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        report.print(obj.reporter)
+    if not report.passed:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@site_option
+@state_option
+@yes_option
+@lock_option
+@click.pass_obj
+def recover(
+    obj: Context, site_path: str, state_dir: str | None, yes: bool, lock_wait: float
+) -> None:
+    """After a crash of every member: bootstrap from the most advanced one, rejoin the others."""
+    site, state = _load(site_path, state_dir)
+    lifecycle.recover(site, state, obj.reporter, yes=_is_yes(yes), lock_wait=lock_wait)
+
+
+@cli.command()
+@site_option
+@click.option("--base-only", is_flag=True, help="only the debootstrap base image")
+@click.pass_obj
+def images(obj: Context, site_path: str, base_only: bool) -> None:
+    """Build the project's images that are missing (the base image with debootstrap if needed)."""
+    site = load_site(site_path)
+    for ref in lifecycle.build_images(site, obj.reporter, base_only=base_only):
+        obj.reporter.line(ref)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="cidemo", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("cidemo: aborted; nothing was changed after the question", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.ClickException as exc:
+        click.echo(f"cidemo: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
+    except CidemoError as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"cidemo: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("cidemo: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(
+            f"cidemo: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)",
+            err=True,
+        )
+        sys.exit(EXIT_FAILED)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

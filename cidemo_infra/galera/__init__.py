@@ -1,0 +1,1 @@
+"""Galera member health and whole-cluster recovery."""

@@ -1,0 +1,149 @@
+"""The project's images, built from infra/images/<name>/ and tagged by a hash of their sources.
+
+Where no registry answers, the base image is made with debootstrap (infra/images/base/mkbase.sh).
+An image present on one engine is copied to the others (save/load) rather than rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from cidemo_infra.console import Reporter
+from cidemo_infra.errors import EngineError, UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES_DIR = REPO / "infra" / "images"
+PROJECT_PREFIX = "project:"
+UPSTREAM_BASE = "debian:bookworm-slim"
+LOCAL_BASE = "cidemo/debian:bookworm-slim"
+# Images whose Dockerfile starts from something other than the Debian base (not buildable here).
+_OWN_BASE = {"jenkins": "jenkins/jenkins:lts-jdk17"}
+
+
+def is_project_image(ref: str) -> bool:
+    return ref.startswith(PROJECT_PREFIX)
+
+
+def image_tag(name: str, base: str) -> str:
+    digest = hashlib.sha256(base.encode())
+    for folder in (IMAGES_DIR / name, IMAGES_DIR / "common"):
+        if not folder.is_dir():
+            continue
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(IMAGES_DIR)).encode())
+            digest.update(path.read_bytes())
+    return f"cidemo/{name}:{digest.hexdigest()[:12]}"
+
+
+def _has(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def own_base(name: str) -> str | None:
+    return _OWN_BASE.get(name)
+
+
+def planned_base(client: docker.DockerClient) -> str:
+    """The base `base_image` would use, without pulling or building anything."""
+    chosen = os.environ.get("CIDEMO_BASE_IMAGE")
+    if chosen:
+        return chosen
+    return UPSTREAM_BASE if _has(client, UPSTREAM_BASE) else LOCAL_BASE
+
+
+def base_image(client: docker.DockerClient, reporter: Reporter) -> str:
+    """The Debian base: CIDEMO_BASE_IMAGE, a present one, a pulled one, or one made offline."""
+    chosen = os.environ.get("CIDEMO_BASE_IMAGE")
+    if chosen:
+        if not _has(client, chosen):
+            raise UsageError(f"CIDEMO_BASE_IMAGE={chosen}: no such image on the engine")
+        return chosen
+    for ref in (UPSTREAM_BASE, LOCAL_BASE):
+        if _has(client, ref):
+            return ref
+    try:
+        with reporter.progress(f"pulling {UPSTREAM_BASE}"):
+            client.images.pull(UPSTREAM_BASE)
+        return UPSTREAM_BASE
+    except docker.errors.APIError:
+        reporter.step(
+            f"no registry answers for {UPSTREAM_BASE}; building {LOCAL_BASE} with debootstrap"
+        )
+    make_base_image(reporter)
+    return LOCAL_BASE
+
+
+def make_base_image(reporter: Reporter) -> None:
+    script = IMAGES_DIR / "base" / "mkbase.sh"
+    with reporter.progress(f"debootstrap base image {LOCAL_BASE} (about a minute)"):
+        result = subprocess.run(
+            ["bash", str(script), LOCAL_BASE], capture_output=True, text=True, check=False
+        )
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise EngineError(f"building the base image failed ({script}): {tail[0]}")
+
+
+def ensure_images(
+    clients: dict[str, docker.DockerClient], names: Iterable[str], reporter: Reporter
+) -> dict[str, str]:
+    """Build each project image once and make it present on every engine; name -> tag."""
+    engines = list(clients.items())
+    first_name, first = engines[0]
+    base = base_image(first, reporter)
+    tags: dict[str, str] = {}
+    for name in sorted(set(names)):
+        if not (IMAGES_DIR / name / "Dockerfile").is_file():
+            raise UsageError(f"project image {name!r}: no infra/images/{name}/Dockerfile")
+        parent = _OWN_BASE.get(name) or base
+        tag = image_tag(name, parent)
+        if not _has(first, tag):
+            _build(first, first_name, name, tag, parent, reporter)
+        for engine_name, client in engines[1:]:
+            if not _has(client, tag):
+                with reporter.progress(f"copying {tag} to engine {engine_name}"):
+                    client.images.load(first.images.get(tag).save(named=True))
+        tags[name] = tag
+    return tags
+
+
+def _build(
+    client: docker.DockerClient, engine: str, name: str, tag: str, base: str, reporter: Reporter
+) -> None:
+    with reporter.progress(f"building {tag} on engine {engine}"):
+        try:
+            client.images.build(
+                path=str(IMAGES_DIR),
+                dockerfile=f"{name}/Dockerfile",
+                tag=tag,
+                buildargs={"BASE_IMAGE": base},
+                rm=True,
+                forcerm=True,
+                network_mode="host",
+                labels={"io.cidemo.image": name},
+            )
+        except docker.errors.BuildError as exc:
+            last = next(
+                (
+                    str(e.get("error") or e.get("stream") or "").strip()
+                    for e in reversed(list(exc.build_log))
+                    if e.get("error")
+                ),
+                str(exc),
+            )
+            raise EngineError(f"engine {engine}: building image {name} failed: {last}") from None
+        except docker.errors.APIError as exc:
+            raise EngineError(
+                f"engine {engine}: building image {name} failed: {exc.explanation or exc}"
+            ) from None

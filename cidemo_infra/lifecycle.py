@@ -1,0 +1,498 @@
+"""The commands' work, target by target: render, plan, provision, destroy, status, smoke, recover.
+
+Planning is pure (placement.plan, render); only the executors called from here touch the world.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import docker
+import docker.errors
+
+from cidemo_infra import images as project_images
+from cidemo_infra.checks.report import Report
+from cidemo_infra.checks.smoke import SmokeContext, run_smoke
+from cidemo_infra.console import Reporter
+from cidemo_infra.engines import client_for, engine_error
+from cidemo_infra.errors import EngineError, PlacementError, UsageError
+from cidemo_infra.galera.member import member_status
+from cidemo_infra.galera.recovery import choose_bootstrap, move_guard, read_position
+from cidemo_infra.inventory import Inventory
+from cidemo_infra.placement.apply import Executor
+from cidemo_infra.placement.observe import observe
+from cidemo_infra.placement.plan import Action, diff
+from cidemo_infra.placement.specs import (
+    LABEL_SITE,
+    PROXY_RW_PORT,
+    ContainerSpec,
+    desired_specs,
+    image_refs,
+    network_specs,
+)
+from cidemo_infra.registry.keys import Registry, guard_key
+from cidemo_infra.render.site_files import render_site
+from cidemo_infra.site import Site
+from cidemo_infra.state import StateDir
+from cidemo_infra.targets.local import local_inventory
+
+SECRETS = {  # name in the state dir -> environment variable that may supply it instead
+    "root_password": "CIDEMO_DB_ROOT_PASSWORD",
+    "sst_password": "CIDEMO_DB_SST_PASSWORD",
+    "monitor_password": "CIDEMO_DB_MONITOR_PASSWORD",
+    "jenkins_admin_password": "CIDEMO_JENKINS_ADMIN_PASSWORD",
+}
+
+
+@dataclass
+class PlanResult:
+    actions: list[Action] = field(default_factory=list)
+    infrastructure: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.actions or self.infrastructure)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "infrastructure": self.infrastructure,
+            "actions": [a.as_dict() for a in self.actions],
+        }
+
+    def print(self, reporter: Reporter) -> None:
+        if not self.has_changes:
+            reporter.line("no changes: the site is converged (0 actions)")
+            return
+        if self.infrastructure:
+            reporter.table(
+                ["resource", "action"], [[c["address"], c["action"]] for c in self.infrastructure]
+            )
+        if self.actions:
+            reporter.table(
+                ["node", "role", "action", "name", "reason"],
+                [[a.node, a.role, a.kind, a.name, a.reason] for a in self.actions],
+            )
+        reporter.line(f"{len(self.infrastructure) + len(self.actions)} action(s)")
+
+
+def render(site: Site, state: StateDir, site_path: str) -> list[Path]:
+    if site.target != "openstack":
+        raise UsageError(
+            f"site '{site.name}' has target {site.target}: there are no Terraform "
+            "inputs or cloud-config to render (use an openstack site)"
+        )
+    return render_site(site, state, site_path)
+
+
+def _inventory(site: Site, state: StateDir) -> Inventory:
+    if site.target == "local":
+        return local_inventory(site)
+    saved = Inventory.load(state.inventory_file)
+    if saved is None:
+        raise UsageError(
+            f"site '{site.name}' has no inventory yet ({state.inventory_file}); "
+            "run cidemo provision first"
+        )
+    return saved
+
+
+def _clients(site: Site, inventory: Inventory) -> dict[str, docker.DockerClient]:
+    clients: dict[str, docker.DockerClient] = {}
+    for node in inventory.nodes:
+        if node.engine not in clients:
+            clients[node.engine] = client_for(
+                node.docker_url, node.tls_dir, site.docker.allow_plain_tcp, node=node.name
+            )
+    return clients
+
+
+def _secrets(state: StateDir) -> dict[str, str]:
+    return {name: state.secret(name, env) for name, env in SECRETS.items()}
+
+
+def _resolve_images(
+    site: Site, clients: dict[str, docker.DockerClient], reporter: Reporter, build: bool
+) -> dict[str, str]:
+    refs = image_refs(site)
+    project = {
+        role: ref.removeprefix(project_images.PROJECT_PREFIX)
+        for role, ref in refs.items()
+        if project_images.is_project_image(ref)
+    }
+    if build:
+        tags = project_images.ensure_images(clients, project.values(), reporter)
+    else:
+        base = project_images.planned_base(next(iter(clients.values())))
+        tags = {
+            name: project_images.image_tag(name, project_images.own_base(name) or base)
+            for name in project.values()
+        }
+    resolved = {role: tags[project[role]] if role in project else ref for role, ref in refs.items()}
+    if build:
+        _pull_missing(
+            clients, [ref for role, ref in resolved.items() if role not in project], reporter
+        )
+    return resolved
+
+
+def _pull_missing(
+    clients: dict[str, docker.DockerClient], refs: list[str], reporter: Reporter
+) -> None:
+    for engine, client in clients.items():
+        for ref in refs:
+            try:
+                client.images.get(ref)
+            except docker.errors.ImageNotFound:
+                with reporter.progress(f"pulling {ref} on engine {engine}"):
+                    try:
+                        client.images.pull(ref)
+                    except docker.errors.APIError as exc:
+                        raise EngineError(
+                            f"engine {engine}: image {ref} is not present and "
+                            f"cannot be pulled: {exc.explanation or exc}"
+                        ) from None
+
+
+def _registry(site: Site, inventory: Inventory) -> Registry:
+    return Registry(inventory.etcd_url, site.services.etcd.prefix)
+
+
+def _rw_endpoint(site: Site, inventory: Inventory) -> tuple[str, int]:
+    if site.target == "local":
+        return "127.0.0.1", site.services.proxy.rw_port
+    standalone = inventory.of_role("standalone")[0]
+    return standalone.public_ip or standalone.private_ip, PROXY_RW_PORT
+
+
+def _jenkins_url(site: Site, inventory: Inventory) -> str | None:
+    if not site.services.jenkins.enabled:
+        return None
+    standalone = inventory.of_role("standalone")[0]
+    host = (
+        "127.0.0.1" if site.target == "local" else (standalone.public_ip or standalone.private_ip)
+    )
+    return f"http://{host}:{site.services.jenkins.port}/login"
+
+
+@dataclass
+class _Session:
+    """Everything one command needs to plan and act on the placed services."""
+
+    site: Site
+    state: StateDir
+    inventory: Inventory
+    clients: dict[str, docker.DockerClient]
+    reporter: Reporter
+    images: dict[str, str]
+
+    @property
+    def specs(self) -> list[ContainerSpec]:
+        return desired_specs(self.site, self.inventory, self.images)
+
+    def actions(self) -> list[Action]:
+        observed, observed_networks = observe(self.site.name, self.clients)
+        observed = [o for o in observed if o.role != "galera-position"]
+        return diff(self.specs, network_specs(self.site), observed, observed_networks)
+
+    def executor(self) -> Executor:
+        return Executor(
+            site=self.site.name,
+            clients=self.clients,
+            secrets=_secrets(self.state),
+            registry=lambda: _registry(self.site, self.inventory),
+            reporter=self.reporter,
+            health_timeout=float(self.site.timeouts.health),
+            galera_members=self.site.services.galera.members,
+            local_urls={"jenkins": _jenkins_url(self.site, self.inventory) or ""},
+        )
+
+
+def _session(site: Site, state: StateDir, reporter: Reporter, build: bool) -> _Session:
+    inventory = _inventory(site, state)
+    clients = _clients(site, inventory)
+    return _Session(
+        site, state, inventory, clients, reporter, _resolve_images(site, clients, reporter, build)
+    )
+
+
+def plan(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> PlanResult:
+    if site.target == "openstack":
+        from cidemo_infra.targets.openstack import plan_infrastructure
+
+        return PlanResult(infrastructure=plan_infrastructure(site, state, site_path, reporter))
+    session = _session(site, state, reporter, build=False)
+    return PlanResult(actions=session.actions())
+
+
+def provision(
+    site: Site,
+    state: StateDir,
+    site_path: str,
+    reporter: Reporter,
+    *,
+    dry_run: bool,
+    yes: bool,
+    lock_wait: float,
+) -> None:
+    if site.target == "openstack":
+        from cidemo_infra.targets.openstack import provision_infrastructure
+
+        if not provision_infrastructure(site, state, site_path, reporter, dry_run=dry_run, yes=yes):
+            return
+    with state.lock(lock_wait):
+        session = _session(site, state, reporter, build=not dry_run)
+        actions = session.actions()
+        if dry_run:
+            PlanResult(actions=actions).print(reporter)
+            return
+        if not actions:
+            reporter.line("no changes: the site is converged (0 actions)")
+        else:
+            executor = session.executor()
+            first = [a for a in actions if a.role in ("network", "etcd")]
+            executor.apply(first)
+            bootstrap = _prepare_galera(session)
+            executor.apply(_bootstrap_first(session.actions(), bootstrap))
+        session.inventory.save(state.inventory_file)
+        report = _smoke(session)
+    report.print(reporter)
+    _print_endpoints(session)
+    if not report.passed:
+        failed = ", ".join(c.name for c in report.failed())
+        raise PlacementError(f"provisioned, but smoke checks failed: {failed}")
+
+
+def _prepare_galera(session: _Session) -> str | None:
+    """If the cluster existed and no member is alive, pick the member to bootstrap from."""
+    site = session.site
+    registry = _registry(site, session.inventory)
+    if registry.get(guard_key(registry.prefix, site.services.galera.cluster_name)) is None:
+        return None
+    members = [s for s in session.specs if s.role == "galera"]
+    alive = []
+    for spec in members:
+        try:
+            alive.append(member_status(session.clients[spec.engine].containers.get(spec.name)))
+        except docker.errors.NotFound:
+            continue
+    if any(st.is_synced for st in alive):
+        return None
+    return _recover_guard(session, members, registry)
+
+
+def _recover_guard(session: _Session, members: list[ContainerSpec], registry: Registry) -> str:
+    reporter = session.reporter
+    for spec in members:  # a member waiting to join must not race the recovery
+        try:
+            session.clients[spec.engine].api.stop(spec.name, timeout=60)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            raise engine_error(spec.node, f"stop {spec.name}", exc) from None
+    positions = []
+    for spec in members:
+        with reporter.progress(f"reading the committed position of {spec.name}"):
+            positions.append(read_position(session.clients[spec.engine], spec))
+    best = choose_bootstrap(positions)
+    generation = move_guard(registry, session.site.services.galera.cluster_name, best, positions)
+    reporter.step(
+        f"galera: bootstrapping from {best.node} (seqno {best.seqno}; others: "
+        + ", ".join(f"{p.node}={p.seqno}" for p in positions if p is not best)
+        + f"), guard generation {generation}"
+    )
+    return best.node
+
+
+def _bootstrap_first(actions: list[Action], node: str | None) -> list[Action]:
+    if node is None:
+        return actions
+    first = [a for a in actions if a.role == "galera" and a.node == node]
+    return (
+        [a for a in actions if a.role in ("network", "etcd")]
+        + first
+        + [a for a in actions if a.role not in ("network", "etcd") and a not in first]
+    )
+
+
+def recover(
+    site: Site, state: StateDir, reporter: Reporter, *, yes: bool, lock_wait: float
+) -> None:
+    with state.lock(lock_wait):
+        session = _session(site, state, reporter, build=True)
+        members = [s for s in session.specs if s.role == "galera"]
+        alive = []
+        for spec in members:
+            try:
+                alive.append(member_status(session.clients[spec.engine].containers.get(spec.name)))
+            except docker.errors.NotFound:
+                continue
+        if any(st.is_synced for st in alive):
+            raise PlacementError(
+                "a Galera member is still Synced; recover is for a crash of all "
+                "members (use cidemo provision to heal single members)"
+            )
+        if not yes and not click.confirm(
+            f"Stop every member of '{site.name}' and bootstrap from the most advanced one?",
+            default=False,
+        ):
+            raise click.exceptions.Abort
+        registry = _registry(site, session.inventory)
+        registry.wait_healthy(site.timeouts.etcd)
+        best = _recover_guard(session, members, registry)
+        session.executor().apply(_bootstrap_first(session.actions(), best))
+        report = _smoke(session)
+    report.print(reporter)
+    if not report.passed:
+        raise PlacementError(
+            "recovered, but smoke checks failed: " + ", ".join(c.name for c in report.failed())
+        )
+
+
+def _smoke(session: _Session) -> Report:
+    return run_smoke(
+        SmokeContext(
+            registry=_registry(session.site, session.inventory),
+            clients=session.clients,
+            specs=session.specs,
+            rw_endpoint=_rw_endpoint(session.site, session.inventory),
+            root_password=_secrets(session.state)["root_password"],
+            jenkins_url=_jenkins_url(session.site, session.inventory),
+        )
+    )
+
+
+def smoke(site: Site, state: StateDir, reporter: Reporter) -> Report:
+    return _smoke(_session(site, state, reporter, build=False))
+
+
+def _print_endpoints(session: _Session) -> None:
+    site, inv, reporter = session.site, session.inventory, session.reporter
+    rw_host, rw_port = _rw_endpoint(site, inv)
+    ro_port = site.services.proxy.ro_port if site.target == "local" else 4008
+    rows = [
+        ["proxy read-write", f"mysql://{rw_host}:{rw_port}"],
+        ["proxy read-only", f"mysql://{rw_host}:{ro_port}"],
+        ["etcd", inv.etcd_url],
+    ]
+    jenkins = _jenkins_url(site, inv)
+    if jenkins:
+        rows.append(["jenkins", jenkins.removesuffix("/login")])
+    rows.append(["secrets", str(session.state.secrets_dir)])
+    reporter.table(["endpoint", "address"], rows)
+
+
+def status(site: Site, state: StateDir) -> list[dict[str, str]]:
+    inventory = _inventory(site, state)
+    clients = _clients(site, inventory)
+    observed, _ = observe(site.name, clients)
+    rows = []
+    for obs in observed:
+        image = clients[obs.engine].api.inspect_container(obs.name)["Config"]["Image"]
+        rows.append(
+            {
+                "node": obs.node,
+                "role": obs.role,
+                "container": obs.name,
+                "state": obs.status if obs.status != "exited" else f"exited ({obs.exit_code})",
+                "image": image,
+                "engine": obs.engine,
+            }
+        )
+    return rows
+
+
+def destroy(
+    site: Site,
+    state: StateDir,
+    site_path: str,
+    reporter: Reporter,
+    *,
+    dry_run: bool,
+    yes: bool,
+    lock_wait: float,
+    purge: bool,
+) -> None:
+    if site.target == "openstack":
+        from cidemo_infra.targets.openstack import destroy_infrastructure
+
+        destroy_infrastructure(site, state, site_path, reporter, dry_run=dry_run, yes=yes)
+        return
+    inventory = _inventory(site, state)
+    clients = _clients(site, inventory)
+    with state.lock(lock_wait):
+        doomed = _labelled(site.name, clients, purge)
+        if not any(doomed.values()):
+            reporter.line(f"no changes: nothing carries the label {LABEL_SITE}={site.name}")
+            return
+        for kind, items in doomed.items():
+            for engine, name in items:
+                reporter.line(f"remove {kind} {name} (engine {engine})")
+        if dry_run:
+            return
+        if not yes and not click.confirm(
+            f"Remove everything of site '{site.name}'"
+            + (" including its data volumes" if purge else "")
+            + "?",
+            default=False,
+        ):
+            raise click.exceptions.Abort
+        _remove_labelled(clients, doomed)
+        state.inventory_file.unlink(missing_ok=True)
+    reporter.line(
+        f"destroyed site '{site.name}'" + ("" if purge else "; data volumes kept (use --purge)")
+    )
+
+
+def _labelled(
+    site: str, clients: dict[str, docker.DockerClient], purge: bool
+) -> dict[str, list[tuple[str, str]]]:
+    found: dict[str, list[tuple[str, str]]] = {"container": [], "network": [], "volume": []}
+    flt = {"label": f"{LABEL_SITE}={site}"}
+    for engine, client in clients.items():
+        found["container"] += [
+            (engine, c["Names"][0].lstrip("/"))
+            for c in client.api.containers(all=True, filters=flt)
+        ]
+        found["network"] += [(engine, n["Name"]) for n in client.api.networks(filters=flt)]
+        if purge:
+            volumes = client.api.volumes(filters=flt).get("Volumes") or []
+            found["volume"] += [(engine, v["Name"]) for v in volumes]
+    return found
+
+
+def _remove_labelled(
+    clients: dict[str, docker.DockerClient], doomed: dict[str, list[tuple[str, str]]]
+) -> None:
+    for engine, name in doomed["container"]:
+        try:
+            clients[engine].api.remove_container(name, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            raise engine_error(engine, f"remove container {name}", exc) from None
+    for kind in ("network", "volume"):
+        for engine, name in doomed[kind]:
+            try:
+                if kind == "network":
+                    clients[engine].api.remove_network(name)
+                else:
+                    clients[engine].api.remove_volume(name)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                raise engine_error(engine, f"remove {kind} {name}", exc) from None
+
+
+def build_images(site: Site, reporter: Reporter, base_only: bool) -> list[str]:
+    inventory = local_inventory(site) if site.target == "local" else None
+    if inventory is None:
+        clients = {"local": client_for("unix:///var/run/docker.sock", node="this machine")}
+    else:
+        clients = _clients(site, inventory)
+    if base_only:
+        return [project_images.base_image(next(iter(clients.values())), reporter)]
+    resolved = _resolve_images(site, clients, reporter, build=True)
+    return [f"{role}: {ref}" for role, ref in sorted(resolved.items())]

@@ -1,0 +1,1 @@
+"""Placement: desired container specs, observed containers, a pure diff, and one executor."""

@@ -1,0 +1,227 @@
+"""The executor: the only part of placement with side effects, with a health gate per container.
+
+Galera members are created, started or replaced one at a time, each waiting until Synced and
+registered before the next; a replace never takes the cluster below quorum.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+import docker.types
+
+from cidemo_infra.console import Reporter
+from cidemo_infra.engines import engine_error
+from cidemo_infra.errors import PlacementError
+from cidemo_infra.galera.member import member_status
+from cidemo_infra.placement.plan import Action
+from cidemo_infra.placement.specs import ContainerSpec, NetworkSpec, quorum
+from cidemo_infra.probes import http_answers
+from cidemo_infra.registry.keys import Registry
+
+STOP_TIMEOUT = 60
+
+
+@dataclass
+class Executor:
+    site: str
+    clients: Mapping[str, docker.DockerClient]
+    secrets: Mapping[str, str]
+    registry: Callable[[], Registry]
+    reporter: Reporter
+    health_timeout: float
+    galera_members: int
+    local_urls: Mapping[str, str]  # role -> URL the tool probes (etcd, jenkins) from here
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            self.reporter.step(
+                f"{action.kind} {action.name} on node {action.node} ({action.reason})"
+            )
+            self._apply_one(action)
+
+    def _apply_one(self, action: Action) -> None:
+        client = self.clients[action.engine]
+        try:
+            if action.kind == "create-network":
+                assert action.network is not None
+                self._create_network(client, action.network)
+            elif action.kind == "remove-network":
+                client.networks.get(action.name).remove()
+            elif action.kind == "remove":
+                self._remove(client, action.name)
+            elif action.kind in ("create", "replace", "start"):
+                assert action.spec is not None
+                if action.kind == "replace":
+                    self._check_quorum(action.spec)
+                    self._remove(client, action.name)
+                if action.kind in ("create", "replace"):
+                    self._create(client, action.spec)
+                else:
+                    client.api.start(action.name)
+                self._gate(client, action.spec)
+        except docker.errors.DockerException as exc:
+            raise engine_error(action.node, f"{action.kind} {action.name}", exc) from None
+
+    def _create_network(self, client: docker.DockerClient, net: NetworkSpec) -> None:
+        ipam = docker.types.IPAMConfig(
+            pool_configs=[docker.types.IPAMPool(subnet=net.subnet, iprange=net.ip_range)]
+        )
+        # The service tier needs no traffic to the outside; no NAT keeps addresses intact
+        # between engines that route to each other.
+        client.networks.create(
+            net.name,
+            driver="bridge",
+            ipam=ipam,
+            labels=net.labels,
+            options={"com.docker.network.bridge.enable_ip_masquerade": "false"},
+        )
+
+    def _remove(self, client: docker.DockerClient, name: str) -> None:
+        try:
+            client.api.stop(name, timeout=STOP_TIMEOUT)
+            client.api.remove_container(name)
+        except docker.errors.NotFound:
+            pass
+
+    def _create(self, client: docker.DockerClient, spec: ContainerSpec) -> None:
+        api = client.api
+        for volume, _ in spec.volumes:
+            try:
+                client.volumes.get(volume)
+            except docker.errors.NotFound:
+                client.volumes.create(
+                    volume,
+                    labels={
+                        "io.cidemo.site": spec.site,
+                        "io.cidemo.role": spec.role,
+                        "io.cidemo.node": spec.node,
+                    },
+                )
+        host_config = api.create_host_config(
+            binds={v: {"bind": path, "mode": "rw"} for v, path in spec.volumes},
+            port_bindings={f"{c}/tcp": (ip, h) for c, ip, h in spec.ports},
+            restart_policy={"Name": "unless-stopped"},
+            init=True,
+        )
+        networking = None
+        if spec.network:
+            networking = api.create_networking_config(
+                {
+                    spec.network: api.create_endpoint_config(
+                        ipv4_address=spec.ip, aliases=[spec.hostname or spec.name]
+                    )
+                }
+            )
+        created = api.create_container(
+            spec.image,
+            name=spec.name,
+            hostname=spec.hostname,
+            environment=dict(spec.env),
+            command=list(spec.command) or None,
+            labels=spec.labels,
+            host_config=host_config,
+            networking_config=networking,
+            ports=[c for c, _, _ in spec.ports],
+            detach=True,
+        )
+        if spec.secrets:
+            api.put_archive(created["Id"], "/etc", self._secrets_tar(spec))
+        api.start(created["Id"])
+
+    def _secrets_tar(self, spec: ContainerSpec) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for folder in ("cidemo", "cidemo/secrets"):
+                info = tarfile.TarInfo(folder)
+                info.type, info.mode = tarfile.DIRTYPE, 0o700
+                tar.addfile(info)
+            for name in spec.secrets:
+                data = self.secrets[name].encode()
+                info = tarfile.TarInfo(f"cidemo/secrets/{name}")
+                info.size, info.mode = len(data), 0o400
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    def _check_quorum(self, spec: ContainerSpec) -> None:
+        if spec.role != "galera":
+            return
+        client = self.clients[spec.engine]
+        try:
+            replaced = member_status(client.containers.get(spec.name))
+        except docker.errors.NotFound:
+            return
+        if not replaced.is_synced:
+            return
+        synced_others = sum(
+            1
+            for c in self._galera_containers()
+            if c.name != spec.name and member_status(c).is_synced
+        )
+        if synced_others < quorum(self.galera_members):
+            raise PlacementError(
+                f"replacing galera member {spec.name} would leave {synced_others} of "
+                f"{self.galera_members} members Synced (quorum needs "
+                f"{quorum(self.galera_members)}); heal the others first (cidemo provision) "
+                "or recover (cidemo recover)"
+            )
+
+    def _galera_containers(self) -> list[docker.models.containers.Container]:
+        found = []
+        for client in self.clients.values():
+            found += client.containers.list(
+                filters={"label": [f"io.cidemo.site={self.site}", "io.cidemo.role=galera"]}
+            )
+        return found
+
+    def _gate(self, client: docker.DockerClient, spec: ContainerSpec) -> None:
+        """Wait until the container is healthy for its role, or fail naming why."""
+        deadline = time.monotonic() + self.health_timeout
+        last = "not checked yet"
+        while time.monotonic() < deadline:
+            container = client.containers.get(spec.name)
+            if container.status in ("exited", "dead"):
+                logs = container.logs(tail=3).decode(errors="replace").strip().splitlines()
+                raise PlacementError(
+                    f"node {spec.node}: {spec.name} exited "
+                    f"({container.attrs['State'].get('ExitCode')}): "
+                    f"{logs[-1] if logs else 'no log output'}"
+                )
+            ok, last = self._is_healthy(container, spec)
+            if ok:
+                return
+            time.sleep(1.0)
+        raise PlacementError(
+            f"node {spec.node}: {spec.name} not healthy after {self.health_timeout:.0f} s: {last}"
+        )
+
+    def _is_healthy(
+        self, container: docker.models.containers.Container, spec: ContainerSpec
+    ) -> tuple[bool, str]:
+        if spec.role == "etcd":
+            return self.registry().is_healthy()
+        if spec.role == "galera":
+            status = member_status(container)
+            if not status.is_synced:
+                return False, status.error or f"state {status.state or 'unknown'}"
+            return self._registered("database_port", spec.name)
+        if spec.role == "dbproxy":
+            return self._registered("lb_rw", spec.name)
+        if spec.role == "jenkins":
+            url = self.local_urls.get("jenkins")
+            if url and not http_answers(url):
+                return False, f"{url} does not answer"
+            return self._registered("jenkins", spec.name)
+        return container.status == "running", container.status
+
+    def _registered(self, service: str, container: str) -> tuple[bool, str]:
+        regs = self.registry().services(service)
+        if any(r.container == container for r in regs):
+            return True, "registered"
+        return False, f"not registered under /services/{service} yet"

@@ -1,0 +1,269 @@
+"""Desired state: one frozen `ContainerSpec` per container the site wants, computed from data."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import asdict, dataclass, field
+
+from cidemo_infra.inventory import Inventory, InventoryNode
+from cidemo_infra.site import Site
+
+LABEL_SITE = "io.cidemo.site"
+LABEL_ROLE = "io.cidemo.role"
+LABEL_NODE = "io.cidemo.node"
+LABEL_SPEC = "io.cidemo.spec"
+
+GALERA_PORTS = {
+    "database_port": 3306,
+    "database_sst": 4444,
+    "database_mon": 4567,
+    "database_ssi": 4568,
+}
+PROXY_RW_PORT = 4006
+PROXY_RO_PORT = 4008
+JENKINS_PORT = 8080
+ETCD_PORT = 2379
+
+# Secrets reach containers as files under /etc/cidemo/secrets (copied in before start).
+GALERA_SECRETS = ("root_password", "sst_password", "monitor_password")
+PROXY_SECRETS = ("monitor_password",)
+JENKINS_SECRETS = ("jenkins_admin_password",)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    node: str
+    role: str  # etcd | galera | dbproxy | jenkins
+    image: str
+    engine: str
+    env: tuple[tuple[str, str], ...] = ()
+    command: tuple[str, ...] = ()
+    network: str | None = None
+    ip: str | None = None
+    hostname: str | None = None
+    ports: tuple[tuple[int, str, int], ...] = ()  # (container port, host ip, host port)
+    volumes: tuple[tuple[str, str], ...] = ()  # (volume name, mount path)
+    secrets: tuple[str, ...] = ()  # names only; values never enter a spec or a label
+    site: str = ""
+    extra_labels: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def spec_hash(self) -> str:
+        data = json.dumps(asdict(self), sort_keys=True, default=str).encode()
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_SITE: self.site,
+            LABEL_ROLE: self.role,
+            LABEL_NODE: self.node,
+            LABEL_SPEC: self.spec_hash,
+            **dict(self.extra_labels),
+        }
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    engine: str
+    subnet: str
+    ip_range: str
+    site: str
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {LABEL_SITE: self.site, LABEL_ROLE: "network"}
+
+
+def network_name(site: Site) -> str:
+    return f"cidemo-{site.name}"
+
+
+def container_name(site: Site, role: str, node: str | None = None) -> str:
+    return f"cidemo-{site.name}-{role}" + (f"-{node}" if node else "")
+
+
+def volume_name(site: Site, role: str, node: str | None = None) -> str:
+    return container_name(site, role, node) + "-data"
+
+
+def etcd_address(site: Site, engine: str) -> str:
+    """local target: etcd's fixed address, the 5th host of the subnet of its engine."""
+    hosts = site.subnet_of(engine).hosts()
+    for _ in range(4):
+        next(hosts)
+    return str(next(hosts))
+
+
+def network_specs(site: Site) -> list[NetworkSpec]:
+    if site.target != "local":
+        return []
+    used = {site.engine_of(n) for n in site.nodes}
+    specs = []
+    for engine in site.engines:
+        if engine not in used:
+            continue
+        subnet = site.subnet_of(engine)
+        upper = list(subnet.subnets(prefixlen_diff=1))[1]
+        specs.append(NetworkSpec(network_name(site), engine, str(subnet), str(upper), site.name))
+    return specs
+
+
+def image_refs(site: Site) -> dict[str, str]:
+    """Role -> image reference; `project:<name>` is built from infra/images/<name>/."""
+    services = site.services
+    refs = {
+        "galera": services.galera.image or "project:galera",
+        "dbproxy": services.proxy.image or "project:dbproxy",
+    }
+    if site.target == "local":
+        refs["etcd"] = services.etcd.image or "project:etcd"
+    if services.jenkins.enabled:
+        refs["jenkins"] = services.jenkins.image or "project:jenkins"
+    return refs
+
+
+def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> list[ContainerSpec]:
+    """Every container the site wants, in the order they must come up; `images`: role -> ref."""
+    local = site.target == "local"
+    standalone = inventory.of_role("standalone")[0]
+    specs: list[ContainerSpec] = []
+    etcd_in_cluster = _etcd_url_for(site, inventory, standalone)
+    if local:
+        engine = standalone.engine
+        specs.append(
+            ContainerSpec(
+                name=container_name(site, "etcd"),
+                node=standalone.name,
+                role="etcd",
+                image=images["etcd"],
+                engine=engine,
+                site=site.name,
+                env=(
+                    ("ETCD_NAME", f"{site.name}-etcd"),
+                    ("ETCD_ADVERTISE_CLIENT_URLS", etcd_in_cluster),
+                ),
+                network=network_name(site),
+                ip=etcd_address(site, engine),
+                hostname="etcd",
+                ports=((ETCD_PORT, "127.0.0.1", site.services.etcd.port),),
+                volumes=((volume_name(site, "etcd"), "/var/lib/etcd"),),
+            )
+        )
+    galera = site.services.galera
+    for node in inventory.of_role("deis")[: galera.members]:
+        specs.append(
+            _service_spec(
+                site,
+                node,
+                "galera",
+                images["galera"],
+                etcd_in_cluster,
+                extra_env=(
+                    ("CLUSTER_NAME", galera.cluster_name),
+                    ("SST_METHOD", galera.sst_method),
+                    ("JOIN_TIMEOUT", str(galera.join_timeout)),
+                ),
+                ports=()
+                if local
+                else tuple((p, node.private_ip, p) for p in GALERA_PORTS.values()),
+                volumes=((volume_name(site, "galera", node.name), "/var/lib/mysql"),),
+                secrets=GALERA_SECRETS,
+                ip=node.private_ip if local else None,
+            )
+        )
+    proxy = site.services.proxy
+    publish_ip = "127.0.0.1" if local else "0.0.0.0"
+    specs.append(
+        _service_spec(
+            site,
+            standalone,
+            "dbproxy",
+            images["dbproxy"],
+            etcd_in_cluster,
+            extra_env=(("PROXY_KIND", proxy.kind),),
+            ports=(
+                (PROXY_RW_PORT, publish_ip, proxy.rw_port),
+                (PROXY_RO_PORT, publish_ip, proxy.ro_port),
+            ),
+            secrets=PROXY_SECRETS,
+            ip=standalone.private_ip if local else None,
+        )
+    )
+    jenkins = site.services.jenkins
+    if jenkins.enabled:
+        specs.append(
+            _service_spec(
+                site,
+                standalone,
+                "jenkins",
+                images["jenkins"],
+                etcd_in_cluster,
+                ports=((JENKINS_PORT, publish_ip, jenkins.port),),
+                volumes=((volume_name(site, "jenkins"), "/var/jenkins_home"),),
+                secrets=JENKINS_SECRETS,
+            )
+        )
+    return specs
+
+
+def _etcd_url_for(site: Site, inventory: Inventory, standalone: InventoryNode) -> str:
+    if site.target == "local":
+        return f"http://{etcd_address(site, standalone.engine)}:{ETCD_PORT}"
+    return f"http://{standalone.private_ip}:{ETCD_PORT}"
+
+
+def _service_spec(
+    site: Site,
+    node: InventoryNode,
+    role: str,
+    image: str,
+    etcd_url: str,
+    extra_env: tuple[tuple[str, str], ...] = (),
+    ports: tuple[tuple[int, str, int], ...] = (),
+    volumes: tuple[tuple[str, str], ...] = (),
+    secrets: tuple[str, ...] = (),
+    ip: str | None = None,
+) -> ContainerSpec:
+    name = container_name(site, role, node.name if role == "galera" else None)
+    address = ip or node.private_ip
+    env = (
+        ("ETCD_URL", etcd_url if site.target == "local" else f"http://{node.private_ip}:2379"),
+        ("ETCD_PREFIX", site.services.etcd.prefix),
+        ("TTL", str(site.services.galera.ttl)),
+        ("NODE_ADDRESS", address),
+        ("CONTAINER_NAME", name),
+        ("NODE_NAME", node.name),
+        *extra_env,
+    )
+    return ContainerSpec(
+        name=name,
+        node=node.name,
+        role=role,
+        image=image,
+        engine=node.engine,
+        env=env,
+        network=network_name(site) if site.target == "local" else None,
+        ip=ip,
+        hostname=name,
+        ports=ports,
+        volumes=volumes,
+        secrets=secrets,
+        site=site.name,
+    )
+
+
+def quorum(members: int) -> int:
+    return members // 2 + 1
+
+
+def is_host_address(value: str) -> bool:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return True

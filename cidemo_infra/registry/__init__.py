@@ -1,0 +1,1 @@
+"""etcd keys of DESIGN.md's contract: read, write and watch them through the v2 API."""

@@ -1,0 +1,84 @@
+"""Render a site's Terraform inputs and user-data into its state directory, all or nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from cidemo_infra.errors import RenderError
+from cidemo_infra.inventory import Inventory
+from cidemo_infra.render.cloudconfig import EtcdMember, NodeContext, render_user_data
+from cidemo_infra.render.cloudconfig import RenderError as TemplateError
+from cidemo_infra.render.tfvars import TFVARS_NAME, read_public_key, tfvars
+from cidemo_infra.site import Site
+from cidemo_infra.state import StateDir, write_private
+from cidemo_infra.tls.pki import PkiError, ensure_pki
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "terraform"
+
+
+def node_addresses(site: Site, known: Inventory | None) -> dict[str, list[str]]:
+    """Every address the tool may use to reach each node's Docker engine (the certs' SANs)."""
+    ips = site.private_ips()
+    out: dict[str, list[str]] = {}
+    for node in site.nodes:
+        names = [str(ips[node.name]), node.name, f"{node.name}.{site.domain}"]
+        if known is not None:
+            public = next((n.public_ip for n in known.nodes if n.name == node.name), None)
+            if public:
+                names.append(public)
+        out[node.name] = names
+    return out
+
+
+def render_site(site: Site, state: StateDir, site_path: str) -> list[Path]:
+    public_key = read_public_key(site, site_path)
+    state.ensure()
+    ips = site.private_ips()
+    try:
+        pki = ensure_pki(
+            state.tls_dir, site.name, node_addresses(site, Inventory.load(state.inventory_file))
+        )
+    except PkiError as exc:
+        raise RenderError(str(exc)) from None
+    members = tuple(EtcdMember(n.name, str(ips[n.name])) for n in site.nodes_of("deis"))
+    rendered: dict[str, str] = {}
+    for node in site.nodes:
+        ca, cert, key = pki.server_pems(node.name)
+        ctx = NodeContext(
+            site_name=site.name,
+            domain=site.domain,
+            profile=site.node_os,
+            node_name=node.name,
+            role=node.role,
+            private_ip=str(ips[node.name]),
+            members=members,
+            ssh_authorized_keys=(public_key,),
+            docker_ca_pem=ca,
+            docker_server_cert_pem=cert,
+            docker_server_key_pem=key,
+        )
+        try:
+            rendered[node.name] = render_user_data(ctx)
+        except TemplateError as exc:
+            raise RenderError(f"node {node.name}: {exc}") from None
+    user_data = {name: state.user_data_dir / f"{name}.yaml" for name in rendered}
+    variables = tfvars(site, public_key, user_data)
+    for name, text in rendered.items():
+        write_private(user_data[name], text)  # holds the node's Docker TLS key
+    _copy_module(state.terraform_dir)
+    tfvars_path = state.terraform_dir / TFVARS_NAME
+    write_private(tfvars_path, json.dumps(variables, indent=2, sort_keys=True) + "\n")
+    return [tfvars_path, *user_data.values()]
+
+
+def _copy_module(target: Path) -> None:
+    """Terraform runs in the site's own copy of the module, so two sites never share state."""
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    wanted = {p.name for p in MODULE_DIR.glob("*.tf")}
+    for old in target.glob("*.tf"):
+        if old.name not in wanted:
+            old.unlink()
+    for src in MODULE_DIR.glob("*.tf"):
+        shutil.copyfile(src, target / src.name)

@@ -1,0 +1,66 @@
+"""Terraform inputs of the OpenStack module as JSON (`cidemo.auto.tfvars.json`); pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cidemo_infra.errors import SiteError
+from cidemo_infra.site import Site
+
+TFVARS_NAME = "cidemo.auto.tfvars.json"
+_PUBLIC_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519", "sk-ecdsa-sha2-")
+
+
+def read_public_key(site: Site, source: str) -> str:
+    """The SSH public key from `ssh.public_key` or the file `ssh.public_key_file`, checked."""
+    if site.ssh.public_key:
+        key, where = site.ssh.public_key.strip(), "ssh.public_key"
+    elif site.ssh.public_key_file:
+        where = "ssh.public_key_file"
+        path = Path(site.ssh.public_key_file).expanduser()
+        try:
+            key = path.read_text().strip()
+        except OSError as exc:
+            raise SiteError(source, [f"{where}: cannot read {path}: {exc.strerror}"]) from None
+    else:
+        raise SiteError(source, ["ssh.public_key_file: required to create the keypair"])
+    if "PRIVATE KEY" in key:
+        raise SiteError(source, [f"{where}: this is a private key; give the public one (.pub)"])
+    if not key.startswith(_PUBLIC_KEY_TYPES) or len(key.split()) < 2:
+        raise SiteError(
+            source,
+            [
+                f"{where}: not an OpenSSH public key (expected a line like "
+                "'ssh-ed25519 AAAA... comment')"
+            ],
+        )
+    return key
+
+
+def tfvars(site: Site, public_key: str, user_data: Mapping[str, Path]) -> dict[str, Any]:
+    ips = site.private_ips()
+    nodes = {}
+    for node in site.nodes:
+        role = site.roles[node.role]
+        nodes[node.name] = {
+            "role": node.role,
+            "flavor": role.flavor,
+            "image": role.image,
+            "private_ip": str(ips[node.name]),
+            "user_data_file": str(user_data[node.name]),
+        }
+    return {
+        "site_name": site.name,
+        "cloud": site.cloud,
+        "network_cidr": str(site.network.cidr),
+        "existing_network": site.network.existing_network or "",
+        "external_network": site.network.external_network,
+        "dns_nameservers": [str(ip) for ip in site.network.dns],
+        "admin_cidrs": [str(c) for c in site.admin_cidrs],
+        "keypair_name": site.ssh.key_name,
+        "ssh_public_key": public_key,
+        "nodes": nodes,
+        "tags": ["cidemo", f"cidemo-site-{site.name}"],
+    }

@@ -1,0 +1,318 @@
+"""The site model: everything an operator decides about one installation, validated.
+
+Pydantic checks shape and types (unknown keys are errors); `semantic_problems` checks the rules that
+span several keys. Both report a key path so an operator can find the line to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+ROLES: tuple[str, ...] = ("deis", "standalone")
+RESERVED_HOSTS = 10  # the first addresses of the subnet stay free for the router, DHCP and the like
+LOCAL_ENGINE_URL = "unix:///var/run/docker.sock"
+
+Hostname = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+]
+SiteName = Annotated[str, StringConstraints(pattern=r"^[a-z]([a-z0-9-]{0,28}[a-z0-9])?$")]
+DnsName = Annotated[
+    str,
+    StringConstraints(
+        max_length=253,
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
+    ),
+]
+CloudName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+ResourceName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+Role = Literal["deis", "standalone"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Network(_Strict):
+    cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.213.7.0/24")
+    external_network: ResourceName = Field(
+        "public", description="external network that is also the floating-IP pool"
+    )
+    dns: list[ipaddress.IPv4Address] = Field(
+        default_factory=lambda: [ipaddress.IPv4Address("9.9.9.9")]
+    )
+    existing_network: ResourceName | None = Field(
+        None, description="attach to this existing network instead of creating one"
+    )
+
+
+class RoleSpec(_Strict):
+    flavor: ResourceName | None = None
+    image: ResourceName | None = None
+    min_ram_mb: int = Field(2048, ge=512)
+    min_disk_gb: int = Field(20, ge=1)
+    min_vcpus: int = Field(1, ge=1)
+
+
+class Engine(_Strict):
+    url: str = Field(LOCAL_ENGINE_URL, pattern=r"^(unix|ssh|tcp)://.+")
+    subnet: ipaddress.IPv4Network | None = Field(
+        None, description="subnet of the site network on this engine; default network.cidr"
+    )
+    tls_dir: str | None = Field(
+        None, description="for tcp://: directory with ca.pem, cert.pem, key.pem"
+    )
+
+
+class Node(_Strict):
+    name: Hostname
+    role: Role
+    private_ip: ipaddress.IPv4Address | None = None
+    engine: Hostname | None = Field(None, description="local target: key of `engines`")
+
+
+class Ssh(_Strict):
+    key_name: ResourceName = "cidemo"
+    public_key_file: str | None = None
+    public_key: str | None = None
+    user: Hostname = "core"
+
+
+class Docker(_Strict):
+    transport: Literal["tls", "ssh"] = "tls"
+    allow_plain_tcp: bool = Field(False, description="permit tcp:// without TLS (never for clouds)")
+
+
+class Galera(_Strict):
+    cluster_name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "cidemo"
+    members: int = 3
+    sst_method: Literal["rsync", "mariabackup"] = "rsync"
+    ttl: int = Field(10, ge=4, le=300)
+    join_timeout: int = Field(300, ge=10, le=3600)
+    image: str | None = Field(None, description="override the image built from infra/images/galera")
+
+
+class Proxy(_Strict):
+    kind: Literal["haproxy", "maxscale"] = "haproxy"
+    image: str | None = Field(None, description="required for maxscale: a site-supplied image")
+    rw_port: int = Field(4006, ge=1, le=65535)
+    ro_port: int = Field(4008, ge=1, le=65535)
+
+
+class Jenkins(_Strict):
+    enabled: bool = True
+    image: str | None = Field(None, description="default: the project's image from infra/images")
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class Etcd(_Strict):
+    prefix: Annotated[str, StringConstraints(pattern=r"^(/[A-Za-z0-9_.-]+)*$")] = ""
+    image: str | None = None
+    port: int = Field(23790, ge=1, le=65535, description="local target: published on 127.0.0.1")
+
+
+class Services(_Strict):
+    galera: Galera = Galera()
+    proxy: Proxy = Proxy()
+    jenkins: Jenkins = Jenkins()
+    etcd: Etcd = Etcd()
+
+
+class Timeouts(_Strict):
+    server_active: int = Field(600, ge=10, description="seconds for a server to become ACTIVE")
+    docker: int = Field(300, ge=5, description="seconds for a node's Docker engine to answer")
+    etcd: int = Field(300, ge=5, description="seconds for etcd to answer")
+    health: int = Field(300, ge=5, description="seconds for a placed service to become healthy")
+
+
+def _default_nodes() -> list[Node]:
+    return [Node(name=f"deis-{i}", role="deis") for i in (1, 2, 3)] + [
+        Node(name="standalone-1", role="standalone")
+    ]
+
+
+class Site(_Strict):
+    name: SiteName
+    target: Literal["local", "openstack"] = "local"
+    node_os: Literal["flatcar", "coreos-legacy"] = "flatcar"
+    domain: DnsName = "cidemo.test"
+    cloud: CloudName | None = Field(None, description="clouds.yaml entry (openstack target)")
+    network: Network = Network()
+    admin_cidrs: list[ipaddress.IPv4Network] = Field(default_factory=list)
+    ssh: Ssh = Ssh()
+    docker: Docker = Docker()
+    engines: dict[Hostname, Engine] = Field(
+        default_factory=lambda: {"local": Engine()},
+        description="local target: Docker engines the nodes map to",
+    )
+    roles: dict[Role, RoleSpec] = Field(
+        default_factory=lambda: {"deis": RoleSpec(min_ram_mb=4096), "standalone": RoleSpec()}
+    )
+    nodes: list[Node] = Field(default_factory=_default_nodes)
+    services: Services = Services()
+    timeouts: Timeouts = Timeouts()
+
+    def nodes_of(self, role: str) -> list[Node]:
+        return [n for n in self.nodes if n.role == role]
+
+    def private_ip(self, node: Node) -> ipaddress.IPv4Address:
+        """The node's fixed private address: given, or the next free one after the reserved ones."""
+        return self.private_ips()[node.name]
+
+    def private_ips(self) -> dict[str, ipaddress.IPv4Address]:
+        taken = {n.private_ip for n in self.nodes if n.private_ip is not None}
+        pools: dict[ipaddress.IPv4Network, Iterator[ipaddress.IPv4Address]] = {}
+        result: dict[str, ipaddress.IPv4Address] = {}
+        for node in self.nodes:
+            if node.private_ip is not None:
+                result[node.name] = node.private_ip
+                continue
+            subnet = self.subnet_of(self.engine_of(node))
+            if subnet not in pools:
+                free = (h for h in subnet.hosts() if h not in taken)
+                pools[subnet] = itertools.islice(free, RESERVED_HOSTS - 1, None)
+            result[node.name] = next(pools[subnet])
+        return result
+
+    def engine_of(self, node: Node) -> str:
+        return node.engine or next(iter(self.engines))
+
+    def subnet_of(self, engine: str | None) -> ipaddress.IPv4Network:
+        spec = self.engines.get(engine) if self.target == "local" and engine else None
+        return spec.subnet if spec is not None and spec.subnet is not None else self.network.cidr
+
+
+def semantic_problems(site: Site) -> list[str]:
+    """Rules that span several keys; each problem is `key.path: what is wrong; what is valid`."""
+    problems: list[str] = []
+    for role in ROLES:
+        if not site.nodes_of(role):
+            problems.append(
+                f"nodes: role '{role}' has no nodes; every role ({', '.join(ROLES)}) "
+                "needs at least one"
+            )
+    seen: dict[str, int] = {}
+    for i, node in enumerate(site.nodes):
+        if node.name in seen:
+            problems.append(
+                f"nodes[{i}].name: '{node.name}' duplicates nodes[{seen[node.name]}]; "
+                "node names must be unique"
+            )
+        seen.setdefault(node.name, i)
+
+    problems += _network_problems(site)
+    members = site.services.galera.members
+    deis = len(site.nodes_of("deis"))
+    if members < 3 or members % 2 == 0:
+        problems.append(
+            f"services.galera.members: {members} is not valid; a Galera cluster needs "
+            "an odd number of members, at least 3 (3, 5, 7, ...)"
+        )
+    elif members > deis:
+        problems.append(
+            f"services.galera.members: {members} members need {members} deis nodes, "
+            f"the site has {deis}"
+        )
+    proxy = site.services.proxy
+    if proxy.kind == "maxscale" and not proxy.image:
+        problems.append(
+            "services.proxy.image: required when services.proxy.kind is 'maxscale' "
+            "(MaxScale is not built by this project; name a site-supplied image)"
+        )
+    if proxy.rw_port == proxy.ro_port:
+        problems.append(
+            f"services.proxy.ro_port: {proxy.ro_port} is also rw_port; the read-write "
+            "and read-only ports must differ"
+        )
+    if site.target == "openstack":
+        problems += _openstack_problems(site)
+    else:
+        problems += _local_problems(site)
+    return problems
+
+
+def _network_problems(site: Site) -> list[str]:
+    problems: list[str] = []
+    cidr = site.network.cidr
+    if cidr.prefixlen > 28:
+        return [
+            f"network.cidr: {cidr} is too small; use a prefix of /28 or shorter "
+            f"(room for {RESERVED_HOSTS} reserved addresses and the nodes)"
+        ]
+    room = cidr.num_addresses - 2 - RESERVED_HOSTS
+    if len(site.nodes) > room:
+        problems.append(
+            f"network.cidr: {cidr} has room for {room} nodes after the reserved "
+            f"addresses, the site has {len(site.nodes)}"
+        )
+    seen: dict[ipaddress.IPv4Address, int] = {}
+    for i, node in enumerate(site.nodes):
+        ip = node.private_ip
+        if ip is None:
+            continue
+        subnet = site.subnet_of(node.engine) if site.target == "local" else cidr
+        if ip not in subnet or ip in (subnet.network_address, subnet.broadcast_address):
+            problems.append(f"nodes[{i}].private_ip: {ip} is not a host address of {subnet}")
+        elif ip == next(subnet.hosts()):
+            problems.append(
+                f"nodes[{i}].private_ip: {ip} is the gateway of {subnet}; choose another address"
+            )
+        if ip in seen:
+            problems.append(f"nodes[{i}].private_ip: {ip} is also nodes[{seen[ip]}].private_ip")
+        seen.setdefault(ip, i)
+    return problems
+
+
+def _openstack_problems(site: Site) -> list[str]:
+    problems: list[str] = []
+    if not site.cloud:
+        problems.append(
+            "cloud: required for target 'openstack'; name the clouds.yaml entry "
+            "(credentials stay in clouds.yaml, never in the site file)"
+        )
+    if not site.ssh.public_key and not site.ssh.public_key_file:
+        problems.append("ssh.public_key_file: required for target 'openstack' (or ssh.public_key)")
+    for role in ROLES:
+        spec = site.roles.get(role)  # type: ignore[call-overload]
+        for key in ("flavor", "image"):
+            if spec is None or getattr(spec, key) is None:
+                problems.append(f"roles.{role}.{key}: required for target 'openstack'")
+    for i, node in enumerate(site.nodes):
+        if node.engine is not None:
+            problems.append(
+                f"nodes[{i}].engine: only for target 'local'; on openstack the "
+                "engine is the node's own"
+            )
+    return problems
+
+
+def _local_problems(site: Site) -> list[str]:
+    problems: list[str] = []
+    for i, node in enumerate(site.nodes):
+        engine = site.engine_of(node)
+        if engine not in site.engines:
+            problems.append(
+                f"nodes[{i}].engine: '{engine}' is not a key of engines; valid: "
+                f"{', '.join(site.engines)}"
+            )
+    for name, engine in site.engines.items():
+        if (
+            engine.url.startswith("tcp://")
+            and not engine.tls_dir
+            and not site.docker.allow_plain_tcp
+        ):
+            problems.append(
+                f"engines.{name}.url: plain tcp:// is refused; give engines.{name}."
+                "tls_dir or set docker.allow_plain_tcp: true"
+            )
+        if engine.subnet is not None and not engine.subnet.subnet_of(site.network.cidr):
+            problems.append(
+                f"engines.{name}.subnet: {engine.subnet} is not inside network.cidr "
+                f"{site.network.cidr}"
+            )
+    return problems

@@ -1,0 +1,117 @@
+"""`cidemo render`: Terraform inputs and user-data in the state directory, and nowhere else."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import hcl2
+import pytest
+import yaml
+
+from tests.conftest import REPO, SITES
+
+pytestmark = pytest.mark.unit
+EXAMPLE = SITES / "openstack.example.yaml"
+
+
+@pytest.fixture
+def rendered(tmp_path: Path, cidemo) -> tuple[Path, list[Path], str]:
+    state = tmp_path / "state"
+    result = cidemo("render", "--site", str(EXAMPLE), "--state-dir", str(state))
+    assert result.rc == 0, result.err
+    paths = [Path(line) for line in result.out.split()]
+    return state, paths, result.out + result.err
+
+
+def test_render_writes_tfvars_and_four_user_data_files(rendered) -> None:
+    state, paths, _ = rendered
+    assert [p.name for p in paths] == [
+        "cidemo.auto.tfvars.json",
+        "deis-1.yaml",
+        "deis-2.yaml",
+        "deis-3.yaml",
+        "standalone-1.yaml",
+    ]
+    assert all(p.is_relative_to(state) and p.exists() for p in paths)
+    for path in paths[1:]:
+        text = path.read_text()
+        assert text.startswith("#cloud-config\n")
+        assert yaml.safe_load(text)["hostname"] == path.stem
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_tfvars_match_the_module_variables_exactly(rendered) -> None:
+    _, paths, _ = rendered
+    tfvars = json.loads(paths[0].read_text())
+    with open(REPO / "terraform" / "variables.tf") as fh:
+        declared = {next(iter(v)) for v in hcl2.load(fh)["variable"]}
+    declared = {name.strip('"') for name in declared}
+    assert set(tfvars) == declared
+    assert tfvars["nodes"]["deis-2"]["private_ip"] == "10.42.0.12"
+    assert Path(tfvars["nodes"]["deis-2"]["user_data_file"]) == paths[2]
+    assert tfvars["tags"] == ["cidemo", "cidemo-site-demo"]
+
+
+def test_no_secret_in_output_or_in_files_meant_to_be_committed(rendered) -> None:
+    state, paths, output = rendered
+    assert "PRIVATE KEY" not in output
+    assert "PRIVATE KEY" not in paths[0].read_text()
+    for path in (REPO / "terraform").rglob("*"):
+        if path.is_file():
+            assert "PRIVATE KEY" not in path.read_text(errors="ignore")
+    keys = [p for p in (state / "tls").rglob("*key*.pem")]
+    assert keys and all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+
+
+def test_render_copies_the_module_into_the_state_dir(rendered) -> None:
+    state, _, _ = rendered
+    copied = sorted(p.name for p in (state / "terraform").glob("*.tf"))
+    assert copied == sorted(p.name for p in (REPO / "terraform").glob("*.tf"))
+
+
+def test_render_is_idempotent(tmp_path: Path, cidemo) -> None:
+    state = tmp_path / "s"
+    first = cidemo("render", "--site", str(EXAMPLE), "--state-dir", str(state))
+    before = {p: p.read_bytes() for p in state.rglob("*") if p.is_file()}
+    second = cidemo("render", "--site", str(EXAMPLE), "--state-dir", str(state))
+    assert first.rc == second.rc == 0
+    assert {p: p.read_bytes() for p in state.rglob("*") if p.is_file()} == before
+
+
+def test_state_dir_of_another_site_is_refused(tmp_path: Path, cidemo) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    (state / "site").write_text("other\n")
+    result = cidemo("render", "--site", str(EXAMPLE), "--state-dir", str(state))
+    assert result.rc == 2
+    assert "belongs to site 'other'" in result.err
+
+
+def test_render_of_a_local_site_is_a_usage_error(tmp_path: Path, cidemo) -> None:
+    result = cidemo(
+        "render", "--site", str(SITES / "local.yaml"), "--state-dir", str(tmp_path / "s")
+    )
+    assert result.rc == 2
+    assert "target local" in result.err
+    assert not (tmp_path / "s").exists()
+
+
+def test_default_state_dir_is_dot_cidemo_site(tmp_path: Path, cidemo) -> None:
+    import shutil
+
+    shutil.copytree(REPO / "infra" / "sites", tmp_path / "infra" / "sites")
+    env = {"CIDEMO_STATE_DIR": ""}
+    result = cidemo("render", "--site", "infra/sites/openstack.example.yaml", env=env, cwd=tmp_path)
+    assert result.rc == 0, result.err
+    assert (tmp_path / ".cidemo" / "demo" / "terraform" / "cidemo.auto.tfvars.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cidemo", "infra"]
+
+
+def test_env_state_dir_is_honoured(tmp_path: Path, cidemo) -> None:
+    result = cidemo(
+        "render", "--site", str(EXAMPLE), env={"CIDEMO_STATE_DIR": str(tmp_path / "env")}
+    )
+    assert result.rc == 0
+    assert (tmp_path / "env" / "user-data" / "deis-1.yaml").exists()
