@@ -92,7 +92,7 @@ class Registry:
 
     def get(self, key: str) -> str | None:
         try:
-            return self.client.read(key).value  # type: ignore[no-any-return]
+            return self.client.read(key).value
         except etcd.EtcdKeyNotFound:
             return None
 

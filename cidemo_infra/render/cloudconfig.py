@@ -18,6 +18,8 @@ from typing import Any
 import jinja2
 import yaml
 
+from cidemo_infra import errors
+
 PROFILES = ("flatcar", "coreos-legacy")
 ROLES = ("deis", "standalone")
 REBOOT_STRATEGIES = ("etcd-lock", "reboot", "off")
@@ -54,7 +56,7 @@ _PEM_LABELS = {
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 
 
-class RenderError(Exception):
+class RenderError(errors.RenderError):
     """A template or its context could not produce valid user-data; the message says which and why.
 
     Messages never contain the context's secret values (the Docker server key).

@@ -9,11 +9,10 @@ from pathlib import Path
 from cidemo_infra.errors import RenderError
 from cidemo_infra.inventory import Inventory
 from cidemo_infra.render.cloudconfig import EtcdMember, NodeContext, render_user_data
-from cidemo_infra.render.cloudconfig import RenderError as TemplateError
 from cidemo_infra.render.tfvars import TFVARS_NAME, read_public_key, tfvars
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir, write_private
-from cidemo_infra.tls.pki import PkiError, ensure_pki
+from cidemo_infra.tls.pki import ensure_pki
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "terraform"
 
@@ -36,12 +35,8 @@ def render_site(site: Site, state: StateDir, site_path: str) -> list[Path]:
     public_key = read_public_key(site, site_path)
     state.ensure()
     ips = site.private_ips()
-    try:
-        pki = ensure_pki(
-            state.tls_dir, site.name, node_addresses(site, Inventory.load(state.inventory_file))
-        )
-    except PkiError as exc:
-        raise RenderError(str(exc)) from None
+    known = Inventory.load(state.inventory_file)
+    pki = ensure_pki(state.tls_dir, site.name, node_addresses(site, known))
     members = tuple(EtcdMember(n.name, str(ips[n.name])) for n in site.nodes_of("deis"))
     rendered: dict[str, str] = {}
     for node in site.nodes:
@@ -61,7 +56,7 @@ def render_site(site: Site, state: StateDir, site_path: str) -> list[Path]:
         )
         try:
             rendered[node.name] = render_user_data(ctx)
-        except TemplateError as exc:
+        except RenderError as exc:
             raise RenderError(f"node {node.name}: {exc}") from None
     user_data = {name: state.user_data_dir / f"{name}.yaml" for name in rendered}
     variables = tfvars(site, public_key, user_data)

@@ -130,6 +130,10 @@ class Timeouts(_Strict):
     health: int = Field(300, ge=5, description="seconds for a placed service to become healthy")
 
 
+def _default_roles() -> dict[Role, RoleSpec]:
+    return {"deis": RoleSpec(min_ram_mb=4096), "standalone": RoleSpec()}
+
+
 def _default_nodes() -> list[Node]:
     return [Node(name=f"deis-{i}", role="deis") for i in (1, 2, 3)] + [
         Node(name="standalone-1", role="standalone")
@@ -150,9 +154,7 @@ class Site(_Strict):
         default_factory=lambda: {"local": Engine()},
         description="local target: Docker engines the nodes map to",
     )
-    roles: dict[Role, RoleSpec] = Field(
-        default_factory=lambda: {"deis": RoleSpec(min_ram_mb=4096), "standalone": RoleSpec()}
-    )
+    roles: dict[Role, RoleSpec] = Field(default_factory=_default_roles)
     nodes: list[Node] = Field(default_factory=_default_nodes)
     services: Services = Services()
     timeouts: Timeouts = Timeouts()
@@ -294,10 +296,10 @@ def _openstack_problems(site: Site) -> list[str]:
 def _local_problems(site: Site) -> list[str]:
     problems: list[str] = []
     for i, node in enumerate(site.nodes):
-        engine = site.engine_of(node)
-        if engine not in site.engines:
+        key = site.engine_of(node)
+        if key not in site.engines:
             problems.append(
-                f"nodes[{i}].engine: '{engine}' is not a key of engines; valid: "
+                f"nodes[{i}].engine: '{key}' is not a key of engines; valid: "
                 f"{', '.join(site.engines)}"
             )
     for name, engine in site.engines.items():

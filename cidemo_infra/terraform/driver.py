@@ -51,7 +51,7 @@ def terraform_binary(name: str | None = None) -> str:
     return found
 
 
-class _Terraform(Terraform):  # type: ignore[misc]
+class _Terraform(Terraform):
     """python-terraform with `-chdir` and without flags that modern Terraform removed."""
 
     def __init__(self, workdir: Path, binary: str) -> None:

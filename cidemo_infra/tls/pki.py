@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cidemo_infra.errors import CidemoError
+
 CA_VALIDITY = dt.timedelta(days=3650)
 LEAF_VALIDITY = dt.timedelta(days=730)
 RENEW_BEFORE = dt.timedelta(days=30)
@@ -43,7 +45,7 @@ _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 San = tuple[str, str]
 
 
-class PkiError(Exception):
+class PkiError(CidemoError):
     """TLS material that cannot be created or trusted; names the file and what to do."""
 
 
