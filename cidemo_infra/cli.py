@@ -17,6 +17,7 @@ from cidemo_infra.errors import EXIT_FAILED, EXIT_PLAN_CHANGES, EXIT_USAGE, Cide
 from cidemo_infra.site import load_site
 from cidemo_infra.site.schema import site_json_schema
 from cidemo_infra.state import StateDir
+from cidemo_infra.webhook.commands import webhook
 
 DEFAULT_SITE = "infra/sites/local.yaml"
 
@@ -214,6 +215,9 @@ def images(obj: Context, site_path: str, base_only: bool) -> None:
     site = load_site(site_path)
     for ref in lifecycle.build_images(site, obj.reporter, base_only=base_only):
         obj.reporter.line(ref)
+
+
+cli.add_command(webhook)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

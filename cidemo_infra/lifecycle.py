@@ -57,10 +57,10 @@ class PlanResult:
         return bool(self.actions or self.infrastructure)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "infrastructure": self.infrastructure,
-            "actions": [a.as_dict() for a in self.actions],
-        }
+        out: dict[str, Any] = {"actions": [a.as_dict() for a in self.actions]}
+        if self.infrastructure:
+            out["infrastructure"] = self.infrastructure
+        return out
 
     def print(self, reporter: Reporter) -> None:
         if not self.has_changes:
@@ -360,6 +360,7 @@ def _smoke(session: _Session) -> Report:
             rw_endpoint=_rw_endpoint(session.site, session.inventory),
             root_password=_secrets(session.state)["root_password"],
             jenkins_url=_jenkins_url(session.site, session.inventory),
+            ttl=session.site.services.galera.ttl,
         )
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class SmokeContext:
     rw_endpoint: tuple[str, int]  # where the tool reaches the proxy's read-write port
     root_password: str
     jenkins_url: str | None
+    ttl: int
 
 
 def run_smoke(ctx: SmokeContext) -> Report:
@@ -113,14 +115,14 @@ def _proxy(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> N
     proxy = next((s for s in ctx.specs if s.role == "dbproxy"), None)
     if proxy is None:
         return
-    registered = sorted(r.value for r in ctx.registry.services("database_port"))
-    try:
-        result = _container(ctx, proxy).exec_run(["cat", "/run/cidemo/backends"])
-        backends = sorted(result.output.decode().split()) if result.exit_code == 0 else None
-    except docker.errors.APIError as exc:
-        backends, registered = None, [str(exc.explanation or exc)]
-    except docker.errors.NotFound:
-        backends = None
+    # The proxy follows registrations within 2 x TTL (its contract); give it that long to agree.
+    deadline = time.monotonic() + 2 * ctx.ttl
+    while True:
+        registered = sorted(r.value for r in ctx.registry.services("database_port"))
+        backends = _backends(ctx, proxy)
+        if backends is None or backends == registered or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
     if backends is None:
         report.add("proxy backends", False, f"{proxy.name}: cannot read its backend set")
     else:
@@ -137,6 +139,14 @@ def _proxy(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> N
             bool(regs),
             regs[0].value if regs else f"no key under /services/{service}",
         )
+
+
+def _backends(ctx: SmokeContext, proxy: ContainerSpec) -> list[str] | None:
+    try:
+        result = _container(ctx, proxy).exec_run(["cat", "/run/cidemo/backends"])
+    except (docker.errors.APIError, docker.errors.NotFound):
+        return None
+    return sorted(result.output.decode().split()) if result.exit_code == 0 else None
 
 
 def _row_everywhere(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:

@@ -53,7 +53,7 @@ def read_position(client: docker.DockerClient, spec: ContainerSpec) -> Position:
         str(data.get("uuid", "")),
         int(data.get("seqno", -1)),
         bool(int(data.get("safe_to_bootstrap", 0))),
-        int(data.get("generation", 0)),
+        int(data.get("bootstrap_generation", 0)),
     )
 
 

@@ -23,9 +23,10 @@ from cidemo_infra.galera.member import member_status
 from cidemo_infra.placement.plan import Action
 from cidemo_infra.placement.specs import ContainerSpec, NetworkSpec, quorum
 from cidemo_infra.probes import http_answers
-from cidemo_infra.registry.keys import Registry
+from cidemo_infra.registry.keys import DATABASE_SERVICES, PROXY_SERVICES, Registry
 
 STOP_TIMEOUT = 60
+SECRET_OWNER = {"jenkins": 1000}  # Jenkins reads its secret as uid 1000; the others as root
 
 
 @dataclass
@@ -146,6 +147,7 @@ class Executor:
                 data = self.secrets[name].encode()
                 info = tarfile.TarInfo(f"cidemo/secrets/{name}")
                 info.size, info.mode = len(data), 0o400
+                info.uid = info.gid = SECRET_OWNER.get(spec.role, 0)
                 tar.addfile(info, io.BytesIO(data))
         return buf.getvalue()
 
@@ -210,9 +212,17 @@ class Executor:
             status = member_status(container)
             if not status.is_synced:
                 return False, status.error or f"state {status.state or 'unknown'}"
-            return self._registered("database_port", spec.name)
+            for service in DATABASE_SERVICES:
+                ok, detail = self._registered(service, spec.name)
+                if not ok:
+                    return ok, detail
+            return True, "Synced and registered"
         if spec.role == "dbproxy":
-            return self._registered("lb_rw", spec.name)
+            for service in PROXY_SERVICES:
+                ok, detail = self._registered(service, spec.name)
+                if not ok:
+                    return ok, detail
+            return True, "registered"
         if spec.role == "jenkins":
             url = self.local_urls.get("jenkins")
             if url and not http_answers(url):

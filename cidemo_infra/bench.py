@@ -1,0 +1,238 @@
+"""`make bench`: measurements printed as a table, each against a baseline from the same run.
+
+- cold provision of the local service tier vs its floor: the same images started by hand, one
+  after another, each waited for until Synced (what no orchestration can beat);
+- no-op provision vs a no-op `docker-compose up -d` of an equivalent compose file.
+Timings are measured here and never asserted by tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+import yaml
+
+from cidemo_infra.console import Reporter
+from cidemo_infra.galera.member import member_status
+
+BENCH_SITE = {
+    "name": "bench",
+    "target": "local",
+    "network": {"cidr": "10.215.9.0/24"},
+    "services": {
+        "galera": {"cluster_name": "bench", "members": 3, "ttl": 6},
+        "proxy": {"rw_port": 24006, "ro_port": 24008},
+        "jenkins": {"enabled": True, "image": "project:jenkins-standin", "port": 28080},
+        "etcd": {"port": 24379},
+    },
+}
+
+
+def _cidemo(site: Path, state: Path, *args: str) -> float:
+    start = time.monotonic()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cidemo_infra",
+            *args,
+            "--site",
+            str(site),
+            "--state-dir",
+            str(state),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "NO_COLOR": "1", "CIDEMO_YES": "1"},
+    )
+    return time.monotonic() - start
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("bench: a member did not become Synced in time")
+        time.sleep(0.2)
+
+
+def _floor(client: docker.DockerClient, image: str, etcd_image: str) -> float:
+    """Bootstrap one member, then join two, each waited for Synced: by hand, no tool."""
+    tag = "bench-floor-" + secrets.token_hex(3)
+    net = client.networks.create(
+        tag,
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet="10.215.10.0/24")]),
+        labels={"io.cidemo.bench": tag},
+    )
+    made = []
+    try:
+        made.append(
+            client.containers.run(
+                etcd_image,
+                name=f"{tag}-etcd",
+                detach=True,
+                network=tag,
+                hostname="etcd",
+                labels={"io.cidemo.bench": tag},
+            )
+        )
+        time.sleep(1)
+        start = time.monotonic()
+        for i in (1, 2, 3):
+            c = client.containers.create(
+                image,
+                name=f"{tag}-{i}",
+                hostname=f"{tag}-{i}",
+                network=tag,
+                labels={"io.cidemo.bench": tag},
+                environment={
+                    "ETCD_URL": f"http://{tag}-etcd:2379",
+                    "CLUSTER_NAME": tag,
+                    "NODE_NAME": f"n{i}",
+                    "CONTAINER_NAME": f"{tag}-{i}",
+                    "TTL": "6",
+                },
+            )
+            _put_bench_secrets(c)
+            c.start()
+            made.append(c)
+            _wait(functools.partial(_is_synced, c))
+        return time.monotonic() - start
+    finally:
+        for c in made:
+            c.remove(force=True, v=True)
+        net.remove()
+
+
+def _is_synced(container: docker.models.containers.Container) -> bool:
+    return member_status(container).is_synced
+
+
+def _put_bench_secrets(container: docker.models.containers.Container) -> None:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("root_password", "sst_password", "monitor_password"):
+            data = secrets.token_urlsafe(18).encode()
+            info = tarfile.TarInfo(f"cidemo/secrets/{name}")
+            info.size, info.mode = len(data), 0o400
+            tar.addfile(info, io.BytesIO(data))
+    container.put_archive("/etc", buf.getvalue())
+
+
+def _compose_file(client: docker.DockerClient, site: str, path: Path) -> None:
+    """A compose file equivalent to the placed site: same images, env, addresses and ports."""
+    services = {}
+    for c in client.containers.list(filters={"label": f"io.cidemo.site={site}"}):
+        cfg = c.attrs["Config"]
+        ports = c.attrs["HostConfig"].get("PortBindings") or {}
+        services[c.name.replace(f"cidemo-{site}-", "")] = {
+            "image": cfg["Image"],
+            "environment": [e for e in cfg.get("Env") or [] if not e.startswith("PATH=")],
+            "ports": [
+                f"{b[0]['HostIp']}:{int(b[0]['HostPort']) + 10000}:{p.split('/')[0]}"
+                for p, b in ports.items()
+                if b
+            ],
+            "networks": ["tier"],
+        }
+    compose = {
+        "version": "3.7",
+        "services": services,
+        "networks": {"tier": {"ipam": {"config": [{"subnet": "10.215.11.0/24"}]}}},
+    }
+    path.write_text(yaml.safe_dump(compose))
+
+
+def main() -> None:
+    reporter = Reporter()
+    client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    work = Path(tempfile.mkdtemp(prefix="cidemo-bench-"))
+    site = work / "bench.yaml"
+    site.write_text(yaml.safe_dump(BENCH_SITE))
+    state = work / "state"
+    rows: list[list[str]] = []
+    try:
+        reporter.step("building images (not timed)")
+        subprocess.run(
+            [sys.executable, "-m", "cidemo_infra", "images", "--site", str(site)],
+            check=True,
+            capture_output=True,
+        )
+        cold = _cidemo(site, state, "provision")
+        noop = min(_cidemo(site, state, "provision") for _ in range(3))
+        images = {
+            c.labels.get("io.cidemo.role"): c.attrs["Config"]["Image"]
+            for c in client.containers.list(filters={"label": "io.cidemo.site=bench"})
+        }
+        compose_file = work / "compose.yaml"
+        _compose_file(client, "bench", compose_file)
+        compose = shutil.which("docker-compose")
+        compose_noop = float("nan")
+        if compose:
+            cmd = [compose, "-p", "cidemobench", "-f", str(compose_file), "up", "-d"]
+            subprocess.run(cmd, check=True, capture_output=True)
+            runs = []
+            for _ in range(3):
+                t = time.monotonic()
+                subprocess.run(cmd, check=True, capture_output=True)
+                runs.append(time.monotonic() - t)
+            compose_noop = min(runs)
+            subprocess.run(
+                [compose, "-p", "cidemobench", "-f", str(compose_file), "down", "-v"],
+                check=False,
+                capture_output=True,
+            )
+        _cidemo(site, state, "destroy", "--purge")
+        floor = _floor(client, images["galera"], images["etcd"])
+        rows.append(
+            [
+                "cold provision (images built)",
+                f"{cold:.1f} s",
+                f"floor: 3 members by hand, {floor:.1f} s",
+                f"{cold / floor:.2f}x",
+            ]
+        )
+        rows.append(
+            [
+                "no-op provision",
+                f"{noop:.2f} s",
+                f"docker-compose up -d no-op, {compose_noop:.2f} s",
+                f"{noop / compose_noop:.2f}x",
+            ]
+        )
+    finally:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cidemo_infra",
+                "destroy",
+                "--purge",
+                "--yes",
+                "--site",
+                str(site),
+                "--state-dir",
+                str(state),
+            ],
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(work, ignore_errors=True)
+    reporter.table(["measurement", "cidemo", "baseline (same run)", "ratio"], rows)
+
+
+if __name__ == "__main__":
+    main()

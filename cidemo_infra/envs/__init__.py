@@ -1,0 +1,1 @@
+"""Environments (preview, staging, production), app platforms and their databases."""

@@ -1,0 +1,160 @@
+"""`cidemo webhook serve`: the GitHub webhook endpoint of one site, in the foreground.
+
+The secret comes from `CIDEMO_WEBHOOK_SECRET` or the state directory (`secrets/webhook_secret`),
+never from a flag. Commit statuses are posted when `CIDEMO_GITHUB_TOKEN` is set
+(`CIDEMO_GITHUB_API` for GitHub Enterprise). TLS is terminated in front of this server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import os
+import re
+import signal
+import threading
+from typing import Any
+
+import click
+
+from cidemo_infra.site import load_site
+from cidemo_infra.state import StateDir
+from cidemo_infra.webhook.events import DeliverySettings
+from cidemo_infra.webhook.executor import make_executor
+from cidemo_infra.webhook.server import WebhookServer
+from cidemo_infra.webhook.status import TOKEN_ENV, CommitStatusClient, StatusError
+
+SECRET_ENV = "CIDEMO_WEBHOOK_SECRET"
+SECRET_NAME = "webhook_secret"
+DEFAULT_LISTEN = "127.0.0.1:8088"
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*$")
+
+log = logging.getLogger("cidemo.webhook")
+
+
+class BadUsage(click.ClickException):
+    """One line, exit 2: what is wrong and what would be valid."""
+
+    exit_code = 2
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` into (host, port); BadUsage names what is wrong."""
+    hint = "expected HOST:PORT, e.g. 127.0.0.1:8088 or [::1]:8088"
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", text.strip())
+    if not match:
+        raise BadUsage(f"--listen '{text}': {hint}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not 1 <= port <= 65535:
+        raise BadUsage(f"--listen '{text}': port {port} is outside 1-65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise BadUsage(f"--listen '{text}': '{host}' is not an address or host name") from None
+    return host, port
+
+
+def webhook_secret(state: StateDir) -> str:
+    """The shared secret GitHub signs with; BadUsage when there is none (it is never generated
+    here: GitHub must have been given the same value, and this command never prints it)."""
+    if os.environ.get(SECRET_ENV):
+        return os.environ[SECRET_ENV]
+    path = state.secrets_dir / SECRET_NAME
+    if not path.is_file() or not path.read_text().strip():
+        raise BadUsage(
+            f"no webhook secret: set {SECRET_ENV} or write the secret given to GitHub "
+            f"into {path} (mode 0600)"
+        )
+    return state.secret(SECRET_NAME, SECRET_ENV)
+
+
+def delivery_settings(site: Any) -> DeliverySettings:
+    """The site's `delivery` settings where its model has them, else the defaults."""
+    configured = getattr(site, "delivery", None)
+    if configured is None:
+        return DeliverySettings()
+    values = {
+        f.name: getattr(configured, f.name)
+        for f in dataclasses.fields(DeliverySettings)
+        if getattr(configured, f.name, None) is not None
+    }
+    if "authorized_logins" in values:
+        values["authorized_logins"] = tuple(values["authorized_logins"])
+    return DeliverySettings(**values)
+
+
+@click.group()
+def webhook() -> None:
+    """Receive GitHub webhooks and turn them into environment changes."""
+
+
+@webhook.command()
+@click.option(
+    "--site",
+    "site_path",
+    default=lambda: os.environ.get("CIDEMO_SITE", "infra/sites/local.yaml"),
+    show_default="infra/sites/local.yaml",
+    type=click.Path(dir_okay=False),
+    help="site file (env CIDEMO_SITE)",
+)
+@click.option(
+    "--listen",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    help="address and port to listen on (HOST:PORT)",
+)
+@click.option(
+    "--state-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="state directory (env CIDEMO_STATE_DIR; default .cidemo/<site>)",
+)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16))
+@click.option(
+    "--drain-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0, 3600),
+    help="seconds to finish queued intents on SIGTERM/SIGINT",
+)
+def serve(
+    site_path: str, listen: str, state_dir: str | None, workers: int, drain_timeout: float
+) -> None:
+    """Serve POST /github until SIGTERM or SIGINT, then drain the queue."""
+    host, port = parse_listen(listen)
+    site = load_site(site_path)
+    state = StateDir.resolve(site.name, state_dir).ensure()
+    secret = webhook_secret(state)
+    try:
+        statuses = CommitStatusClient.from_env()
+    except StatusError as exc:
+        raise BadUsage(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if statuses is None:
+        log.warning("%s is not set: commit statuses will not be posted", TOKEN_ENV)
+    try:
+        server = WebhookServer(
+            secret,
+            make_executor(site, state),
+            state.path / "webhook" / "deliveries.sqlite3",
+            host=host,
+            port=port,
+            settings=delivery_settings(site),
+            statuses=statuses,
+            workers=workers,
+        )
+    except OSError as exc:
+        raise BadUsage(f"--listen {listen}: {exc.strerror or exc}") from None
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    click.echo(f"cidemo: webhook for site '{site.name}' on {server.url}", err=True)
+    while not stop.wait(1.0):
+        pass
+    left = server.stop(drain_timeout)
+    click.echo(f"cidemo: webhook stopped; {left} queued intent(s) not run", err=True)

@@ -1,0 +1,140 @@
+# shellcheck shell=bash
+# Sourced library: the etcd v2 keys API with curl and jq (no etcdctl).
+#
+# Every KEY/DIR argument is a path such as /services/database_port/x; ETCD_PREFIX is put in front.
+# Return codes: 0 success, 1 the condition did not hold (not found, exists, compare failed),
+# 2 etcd unreachable or an unexpected answer. Every request is bounded by ETCD_TIMEOUT seconds.
+#
+# Environment: ETCD_URL (required), ETCD_PREFIX (default empty), ETCD_TIMEOUT (default 5),
+# LOG_COMPONENT (the name in log lines).
+
+ETCD_PREFIX=${ETCD_PREFIX:-}
+ETCD_PREFIX=${ETCD_PREFIX%/}
+if [ -n "$ETCD_PREFIX" ] && [ "${ETCD_PREFIX#/}" = "$ETCD_PREFIX" ]; then
+  ETCD_PREFIX=/$ETCD_PREFIX
+fi
+ETCD_TIMEOUT=${ETCD_TIMEOUT:-5}
+
+log() {
+  printf '[%s %s] %s\n' "${LOG_COMPONENT:-${0##*/}}" "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$*" >&2
+}
+
+_etcd_uri() {
+  jq -rn --arg v "$1" '$v|@uri'
+}
+
+_etcd_url() {
+  local key=$1
+  [ "${key#/}" = "$key" ] && key=/$key
+  printf '%s/v2/keys%s%s' "${ETCD_URL%/}" "$ETCD_PREFIX" "$key"
+}
+
+# _etcd_request METHOD URL [curl args...]: prints the JSON body; fails (2) when etcd cannot be reached.
+_etcd_request() {
+  local method=$1 url=$2
+  shift 2
+  curl -sS --connect-timeout 2 --max-time "$ETCD_TIMEOUT" -X "$method" "$@" "$url" 2>/dev/null || return 2
+}
+
+# _etcd_result BODY ACTION...: 0 if .action is one of ACTIONs, 1 if errorCode is 100/101/105, else 2.
+_etcd_result() {
+  local body=$1 action code
+  shift
+  action=$(jq -r '.action // empty' <<<"$body" 2>/dev/null) || return 2
+  for a in "$@"; do
+    [ "$action" = "$a" ] && return 0
+  done
+  code=$(jq -r '.errorCode // empty' <<<"$body" 2>/dev/null) || return 2
+  case "$code" in
+    100 | 101 | 105) return 1 ;;
+  esac
+  return 2
+}
+
+# etcd_get KEY: prints the value.
+etcd_get() {
+  local body
+  body=$(_etcd_request GET "$(_etcd_url "$1")") || return 2
+  _etcd_result "$body" get || return
+  jq -r '.node.value // empty' <<<"$body"
+}
+
+# etcd_set KEY VALUE [TTL]: unconditional write; without TTL the key does not expire.
+etcd_set() {
+  local body args=(--data-urlencode "value=$2")
+  [ -n "${3:-}" ] && args+=(--data-urlencode "ttl=$3")
+  body=$(_etcd_request PUT "$(_etcd_url "$1")" "${args[@]}") || return 2
+  _etcd_result "$body" set update create
+}
+
+# etcd_create KEY VALUE [TTL]: 0 only if this call created the key (prevExist=false).
+etcd_create() {
+  local body args=(--data-urlencode "value=$2")
+  [ -n "${3:-}" ] && args+=(--data-urlencode "ttl=$3")
+  body=$(_etcd_request PUT "$(_etcd_url "$1")?prevExist=false" "${args[@]}") || return 2
+  _etcd_result "$body" create
+}
+
+# etcd_cas KEY VALUE PREVVALUE [TTL]: write only if the current value is PREVVALUE.
+etcd_cas() {
+  local body args=(--data-urlencode "value=$2")
+  [ -n "${4:-}" ] && args+=(--data-urlencode "ttl=$4")
+  body=$(_etcd_request PUT "$(_etcd_url "$1")?prevValue=$(_etcd_uri "$3")" "${args[@]}") || return 2
+  _etcd_result "$body" compareAndSwap
+}
+
+# etcd_refresh KEY VALUE TTL: reset the TTL of our own key without a change event for watchers
+# (refresh=true); (re)creates it when it expired or holds another value.
+etcd_refresh() {
+  local body rc=0
+  body=$(_etcd_request PUT "$(_etcd_url "$1")?refresh=true&prevExist=true&prevValue=$(_etcd_uri "$2")" \
+    --data-urlencode "ttl=$3") || return 2
+  _etcd_result "$body" update compareAndSwap || rc=$?
+  [ "$rc" -eq 1 ] || return "$rc"
+  etcd_set "$1" "$2" "$3"
+}
+
+# etcd_delete_if KEY VALUE: delete only a key that still holds VALUE; 0 also when it is already gone.
+etcd_delete_if() {
+  local body rc=0
+  body=$(_etcd_request DELETE "$(_etcd_url "$1")?prevValue=$(_etcd_uri "$2")") || return 2
+  _etcd_result "$body" compareAndDelete || rc=$?
+  if [ "$rc" -eq 1 ] && [ "$(jq -r '.errorCode' <<<"$body")" = 100 ]; then
+    return 0
+  fi
+  return "$rc"
+}
+
+# etcd_ls DIR: the values of the live keys directly under DIR, one a line; nothing if DIR is absent.
+etcd_ls() {
+  local body rc=0
+  body=$(_etcd_request GET "$(_etcd_url "${1%/}")") || return 2
+  _etcd_result "$body" get || rc=$?
+  [ "$rc" -eq 1 ] && return 0
+  [ "$rc" -eq 0 ] || return "$rc"
+  jq -r '.node.nodes // [] | .[] | select(.dir != true) | .value' <<<"$body"
+}
+
+# etcd_wait_ready SECONDS: wait until the v2 keys API answers; 1 with a log line on timeout.
+etcd_wait_ready() {
+  local limit=${1:-60} start=$SECONDS body next_log=0
+  while :; do
+    body=$(_etcd_request GET "${ETCD_URL%/}/v2/keys/") || body=""
+    if [ -n "$body" ] && jq -e '.action == "get"' <<<"$body" >/dev/null 2>&1; then
+      return 0
+    fi
+    if [ $((SECONDS - start)) -ge "$limit" ]; then
+      if [ -n "$body" ]; then
+        log "etcd at $ETCD_URL answers but not the v2 API (is it started with --enable-v2=true?) after $limit s"
+      else
+        log "etcd at $ETCD_URL did not answer within $limit s"
+      fi
+      return 1
+    fi
+    if [ $((SECONDS - start)) -ge "$next_log" ]; then
+      log "waiting for etcd at $ETCD_URL (up to $limit s)"
+      next_log=$((next_log + 10))
+    fi
+    sleep 1
+  done
+}

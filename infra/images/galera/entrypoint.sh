@@ -1,0 +1,347 @@
+#!/bin/bash
+# cidemo MariaDB Galera member: etcd (v2) discovery, a bootstrap guard, TTL registration.
+# Contract and environment: infra/images/README.md. Secrets are read from files and never logged.
+set -euo pipefail
+
+# One-off commands (galera-position, mariadb, bash) run as given, without starting a member.
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+  exec "$@"
+fi
+
+# shellcheck disable=SC2034
+LOG_COMPONENT=galera
+# shellcheck source=../common/etcd.sh
+. /usr/local/lib/cidemo/etcd.sh
+# shellcheck source=../common/announce.sh
+. /usr/local/lib/cidemo/announce.sh
+
+SECRETS_DIR=/etc/cidemo/secrets
+DATADIR=/var/lib/mysql
+RUNDIR=/run/cidemo
+GENERATION_FILE=$DATADIR/cidemo-bootstrap-generation
+SST_CNF=$RUNDIR/wsrep-sst.cnf
+INIT_SQL=$RUNDIR/init.sql
+
+die() {
+  log "FATAL: $*"
+  exit 1
+}
+
+first_ipv4() {
+  hostname -i 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+(\.[0-9]+){3}$' | head -n1 || true
+}
+
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+
+[ -n "${ETCD_URL:-}" ] || die "ETCD_URL is not set (e.g. http://etcd:2379)"
+TTL=${TTL:-10}
+if ! is_uint "$TTL" || [ "$TTL" -lt 2 ]; then die "TTL must be an integer >= 2, got '$TTL'"; fi
+ETCD_WAIT=${ETCD_WAIT:-60}
+is_uint "$ETCD_WAIT" || die "ETCD_WAIT must be a number of seconds, got '$ETCD_WAIT'"
+JOIN_TIMEOUT=${JOIN_TIMEOUT:-300}
+is_uint "$JOIN_TIMEOUT" || die "JOIN_TIMEOUT must be a number of seconds, got '$JOIN_TIMEOUT'"
+CLUSTER_NAME=${CLUSTER_NAME:-cidemo}
+[[ "$CLUSTER_NAME" =~ ^[A-Za-z0-9_.-]+$ ]] || die "CLUSTER_NAME must match [A-Za-z0-9_.-]+, got '$CLUSTER_NAME'"
+HOST_ID=$(hostname)
+NODE_NAME=${NODE_NAME:-$HOST_ID}
+[[ "$NODE_NAME" =~ ^[A-Za-z0-9_.-]+$ ]] || die "NODE_NAME must match [A-Za-z0-9_.-]+, got '$NODE_NAME'"
+CONTAINER_NAME=${CONTAINER_NAME:-$HOST_ID}
+NODE_ADDRESS=${NODE_ADDRESS:-$(first_ipv4)}
+[ -n "$NODE_ADDRESS" ] || die "NODE_ADDRESS is not set and 'hostname -i' gave no IPv4 address"
+SST_METHOD=${SST_METHOD:-rsync}
+case "$SST_METHOD" in
+  rsync | mariabackup) ;;
+  *) die "SST_METHOD must be rsync or mariabackup, got '$SST_METHOD'" ;;
+esac
+
+GUARD_KEY=/cidemo/galera/$CLUSTER_NAME/bootstrap
+MON_DIR=/services/database_mon
+
+cleanup_files() {
+  rm -f "$INIT_SQL" "$SST_CNF"
+}
+
+trap 'log "stopped by SIGTERM before mariadbd started"; cleanup_files; exit 143' TERM
+trap 'log "stopped by SIGINT before mariadbd started"; cleanup_files; exit 130' INT
+
+log "member $NODE_NAME (container $CONTAINER_NAME, host $HOST_ID) address $NODE_ADDRESS," \
+  "cluster $CLUSTER_NAME, sst $SST_METHOD, etcd $ETCD_URL prefix '${ETCD_PREFIX}' ttl $TTL s"
+
+read_secret() {
+  local file=$SECRETS_DIR/$1
+  [ -r "$file" ] || die "secret file $file is missing or unreadable"
+  local value
+  value=$(<"$file")
+  [ -n "$value" ] || die "secret file $file is empty"
+  printf '%s' "$value"
+}
+
+sql_string() {
+  local s=$1
+  s=${s//\\/\\\\}
+  s=${s//\'/\\\'}
+  printf "'%s'" "$s"
+}
+
+cnf_string() {
+  local s=$1
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  printf '"%s"' "$s"
+}
+
+grastate_field() {
+  sed -n "s/^$1:[[:space:]]*//p" "$DATADIR/grastate.dat" 2>/dev/null | head -n1
+}
+
+# has_cluster_state: the datadir has been part of a cluster (grastate.dat with a real uuid).
+has_cluster_state() {
+  local uuid
+  uuid=$(grastate_field uuid)
+  [ -n "$uuid" ] && [ "$uuid" != 00000000-0000-0000-0000-000000000000 ]
+}
+
+stored_generation() {
+  local g=0
+  [ -f "$GENERATION_FILE" ] && g=$(<"$GENERATION_FILE")
+  is_uint "$g" || g=0
+  printf '%s' "$g"
+}
+
+# 1. etcd
+etcd_wait_ready "$ETCD_WAIT" || die "etcd is not reachable at $ETCD_URL after $ETCD_WAIT s (ETCD_WAIT); giving up"
+
+# 2. datadir and runtime dirs
+install -d -o mysql -g mysql -m 0755 /run/mysqld
+install -d -o mysql -g mysql -m 0700 "$RUNDIR"
+[ "$(stat -c %U "$DATADIR")" = mysql ] || chown mysql:mysql "$DATADIR"
+if [ ! -d "$DATADIR/mysql" ]; then
+  log "initialising an empty datadir"
+  # wsrep off: the system tables are local, and the SST method would refuse to start without a cluster address
+  mariadb-install-db --user=mysql --datadir="$DATADIR" --auth-root-authentication-method=socket \
+    --skip-test-db --wsrep-on=OFF >/tmp/install-db.log 2>&1 || {
+    grep -E '\[(ERROR|Warning)\]' /tmp/install-db.log | head -n 20 >&2 || true
+    rm -rf "${DATADIR:?}/mysql"
+    die "mariadb-install-db failed"
+  }
+fi
+
+# 3. bootstrap guard: bootstrap only if we create it, or if it names us with a newer generation
+# read_guard: 0 present (sets GUARD_NODE, GUARD_GEN), 1 absent, 2 etcd did not answer
+STORED_GEN=$(stored_generation)
+MODE="join"
+GEN=0
+GUARD_NODE=""
+GUARD_GEN=0
+
+read_guard() {
+  local value rc=0
+  value=$(etcd_get "$GUARD_KEY") || rc=$?
+  case "$rc" in
+    0) ;;
+    1) GUARD_NODE=""; GUARD_GEN=0; return 1 ;;
+    *) return 2 ;;
+  esac
+  GUARD_NODE=$(jq -r '.node // empty' <<<"$value" 2>/dev/null) || GUARD_NODE=""
+  GUARD_GEN=$(jq -r '.generation // empty' <<<"$value" 2>/dev/null) || GUARD_GEN=""
+  if [ -z "$GUARD_NODE" ] || ! is_uint "$GUARD_GEN"; then
+    die "the bootstrap guard ${ETCD_PREFIX}${GUARD_KEY} holds '$value', not {\"node\":..,\"generation\":N}"
+  fi
+  return 0
+}
+
+guard_names_us() {
+  [ "$GUARD_NODE" = "$NODE_NAME" ] && [ "$GUARD_GEN" -gt "$STORED_GEN" ]
+}
+
+guard_rc=0
+read_guard || guard_rc=$?
+[ "$guard_rc" -ne 2 ] || die "cannot read the bootstrap guard ${ETCD_PREFIX}${GUARD_KEY} from $ETCD_URL"
+if [ "$guard_rc" -eq 1 ]; then
+  if has_cluster_state; then
+    log "the bootstrap guard ${ETCD_PREFIX}${GUARD_KEY} is absent, but this datadir belongs to cluster" \
+      "$(grastate_field uuid): not starting a new cluster over existing data; joining instead"
+  else
+    create_rc=0
+    etcd_create "$GUARD_KEY" "$(jq -cn --arg n "$NODE_NAME" '{node: $n, generation: 1}')" || create_rc=$?
+    case "$create_rc" in
+      0) GUARD_NODE=$NODE_NAME; GUARD_GEN=1; STORED_GEN=0 ;;
+      1) read_guard || die "cannot read the bootstrap guard ${ETCD_PREFIX}${GUARD_KEY} after losing the race" ;;
+      *) die "cannot create the bootstrap guard ${ETCD_PREFIX}${GUARD_KEY} on $ETCD_URL" ;;
+    esac
+  fi
+fi
+if [ -n "$GUARD_NODE" ] && guard_names_us; then
+  MODE=bootstrap
+  GEN=$GUARD_GEN
+fi
+
+# 4. a joiner needs a live member: a key under database_mon whose address is not ours
+live_members() {
+  local values
+  values=$(etcd_ls "$MON_DIR") || return 2
+  awk -F: -v me="$NODE_ADDRESS" 'NF == 2 && $1 != me && $2 ~ /^[0-9]+$/ { print }' <<<"$values" |
+    LC_ALL=C sort -u | paste -sd, -
+}
+
+PEERS=""
+if [ "$MODE" = join ]; then
+  start=$SECONDS
+  next_log=0
+  while :; do
+    rc=0
+    PEERS=$(live_members) || rc=$?
+    [ -n "$PEERS" ] && break
+    if read_guard && guard_names_us; then
+      MODE=bootstrap
+      GEN=$GUARD_GEN
+      log "the bootstrap guard now names this member (generation $GEN)"
+      break
+    fi
+    waited=$((SECONDS - start))
+    if [ "$waited" -ge "$JOIN_TIMEOUT" ]; then
+      log "the bootstrap guard names ${GUARD_NODE:-nobody} (generation $GUARD_GEN); this member $NODE_NAME" \
+        "last bootstrapped generation $STORED_GEN"
+      die "no live member registered under ${ETCD_PREFIX}${MON_DIR}/ after $JOIN_TIMEOUT s;" \
+        "the cluster needs a bootstrap: run \`cidemo recover\`"
+    fi
+    if [ "$waited" -ge "$next_log" ]; then
+      [ "$rc" -eq 0 ] || log "etcd did not answer the member list; retrying"
+      log "waiting for a live member under ${ETCD_PREFIX}${MON_DIR}/ (${waited}/${JOIN_TIMEOUT} s;" \
+        "guard: ${GUARD_NODE:-none} generation $GUARD_GEN)"
+      next_log=$((next_log + 10))
+    fi
+    sleep 1
+  done
+fi
+
+# 5. after a kill grastate.dat says seqno -1: recover the position so that a joiner gets IST, not SST
+START_POS=()
+if [ -f "$DATADIR/grastate.dat" ] && [ "$(grastate_field seqno)" = -1 ]; then
+  if pos_json=$(galera-position); then
+    pos_seqno=$(jq -r .seqno <<<"$pos_json")
+    if [ "$pos_seqno" -ge 0 ]; then
+      START_POS=(--wsrep-start-position="$(jq -r .uuid <<<"$pos_json"):$pos_seqno")
+    fi
+  else
+    log "could not recover the position; the member may need a full SST"
+  fi
+fi
+
+# 6. secrets into 0600 files owned by mysql; SQL users only when a new cluster starts
+SST_PASSWORD=$(read_secret sst_password)
+umask 077
+{
+  printf '[mysqld]\n'
+  printf 'wsrep_sst_auth = %s\n' "$(cnf_string "sst:$SST_PASSWORD")"
+} >"$SST_CNF"
+chown mysql:mysql "$SST_CNF"
+unset SST_PASSWORD
+
+ARGS=(--defaults-extra-file="$SST_CNF" --user=mysql --datadir="$DATADIR"
+  --wsrep-cluster-name="$CLUSTER_NAME" --wsrep-node-name="$NODE_NAME"
+  --wsrep-node-address="$NODE_ADDRESS" --wsrep-node-incoming-address="$NODE_ADDRESS:3306"
+  --wsrep-sst-method="$SST_METHOD")
+
+NEW_CLUSTER=0
+if [ "$MODE" = bootstrap ]; then
+  if has_cluster_state; then
+    log "bootstrapping cluster $CLUSTER_NAME from this member's data (guard generation $GEN," \
+      "uuid $(grastate_field uuid)) with --wsrep-new-cluster"
+    sed -i 's/^safe_to_bootstrap:.*/safe_to_bootstrap: 1/' "$DATADIR/grastate.dat"
+  else
+    NEW_CLUSTER=1
+    [ "$GEN" -le 1 ] || log "WARNING: guard generation $GEN names this member but its datadir is empty"
+    log "bootstrapping a NEW cluster $CLUSTER_NAME (guard generation $GEN) with --wsrep-new-cluster"
+  fi
+  ARGS+=(--wsrep-new-cluster --wsrep-cluster-address=gcomm://)
+else
+  log "joining cluster $CLUSTER_NAME via gcomm://$PEERS"
+  ARGS+=(--wsrep-cluster-address="gcomm://$PEERS")
+fi
+ARGS+=("${START_POS[@]}")
+
+if [ "$NEW_CLUSTER" -eq 1 ]; then
+  ROOT_PASSWORD=$(read_secret root_password)
+  MONITOR_PASSWORD=$(read_secret monitor_password)
+  SST_PASSWORD=$(read_secret sst_password)
+  {
+    printf "CREATE USER IF NOT EXISTS 'root'@'%%' IDENTIFIED BY %s;\n" "$(sql_string "$ROOT_PASSWORD")"
+    printf "GRANT ALL PRIVILEGES ON *.* TO 'root'@'%%' WITH GRANT OPTION;\n"
+    printf "CREATE USER IF NOT EXISTS 'sst'@'localhost' IDENTIFIED BY %s;\n" "$(sql_string "$SST_PASSWORD")"
+    printf "GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR ON *.* TO 'sst'@'localhost';\n"
+    printf "CREATE USER IF NOT EXISTS 'cidemo_monitor'@'%%' IDENTIFIED BY %s;\n" "$(sql_string "$MONITOR_PASSWORD")"
+    printf "GRANT USAGE, REPLICATION CLIENT, SLAVE MONITOR ON *.* TO 'cidemo_monitor'@'%%';\n"
+    printf "CREATE USER IF NOT EXISTS 'haproxy_check'@'%%';\n"
+    printf "GRANT USAGE ON *.* TO 'haproxy_check'@'%%';\n"
+    printf "DROP USER IF EXISTS ''@'localhost';\n"
+    printf "DROP USER IF EXISTS ''@%s;\n" "$(sql_string "$HOST_ID")"
+  } >"$INIT_SQL"
+  chown mysql:mysql "$INIT_SQL"
+  unset ROOT_PASSWORD MONITOR_PASSWORD SST_PASSWORD
+  ARGS+=(--init-file="$INIT_SQL")
+fi
+umask 022
+
+# 7. run mariadbd; register while Synced; deregister and shut down cleanly on SIGTERM/SIGINT
+announce_add "/services/database_port/$HOST_ID:$CONTAINER_NAME:3306" "$NODE_ADDRESS:3306"
+announce_add "/services/database_sst/$HOST_ID:$CONTAINER_NAME:4444" "$NODE_ADDRESS:4444"
+announce_add "/services/database_mon/$HOST_ID:$CONTAINER_NAME:4567" "$NODE_ADDRESS:4567"
+announce_add "/services/database_ssi/$HOST_ID:$CONTAINER_NAME:4568" "$NODE_ADDRESS:4568"
+
+wsrep_state() {
+  timeout 5 mariadb --connect-timeout=2 -N -B \
+    -e "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_local_state_comment', 'wsrep_ready', 'wsrep_cluster_size')" \
+    2>/dev/null | awk '{ v[$1] = $2 } END { print v["wsrep_local_state_comment"], v["wsrep_ready"], v["wsrep_cluster_size"] }'
+}
+
+log "starting mariadbd ${ARGS[*]}"
+mariadbd "${ARGS[@]}" &
+MARIADBD=$!
+
+TERM_SIGNAL=""
+trap 'TERM_SIGNAL=TERM' TERM
+trap 'TERM_SIGNAL=INT' INT
+
+SYNCED_ONCE=0
+LAST_REFRESH=-100000
+HALF_TTL=$((TTL / 2))
+while [ -z "$TERM_SIGNAL" ] && kill -0 "$MARIADBD" 2>/dev/null; do
+  read -r state ready size <<<"$(wsrep_state)" || true
+  if [ "${state:-}" = Synced ] && [ "${ready:-}" = ON ]; then
+    interval=1
+    if [ "$SYNCED_ONCE" -eq 0 ]; then
+      SYNCED_ONCE=1
+      rm -f "$INIT_SQL"
+      if [ "$MODE" = bootstrap ]; then
+        printf '%s\n' "$GEN" >"$GENERATION_FILE.tmp"
+        chown mysql:mysql "$GENERATION_FILE.tmp"
+        mv -f "$GENERATION_FILE.tmp" "$GENERATION_FILE"
+        log "bootstrapped generation $GEN stored in $GENERATION_FILE"
+      fi
+      log "Synced, wsrep_ready ON, cluster size $size"
+    fi
+    if [ "$ANNOUNCE_STATE" != registered ] || [ $((SECONDS - LAST_REFRESH)) -ge "$HALF_TTL" ]; then
+      if announce_refresh; then LAST_REFRESH=$SECONDS; fi
+    fi
+  else
+    interval=0.5
+    announce_pause "wsrep state is '${state:-unknown}', wsrep_ready '${ready:-unknown}'"
+  fi
+  sleep "$interval" &
+  wait $! 2>/dev/null || true
+done
+
+announce_withdraw || true
+if [ -n "$TERM_SIGNAL" ]; then
+  log "got SIG$TERM_SIGNAL: shutting mariadbd down"
+  kill -TERM "$MARIADBD" 2>/dev/null || true
+fi
+while :; do
+  rc=0
+  wait "$MARIADBD" 2>/dev/null || rc=$?
+  kill -0 "$MARIADBD" 2>/dev/null || break
+done
+cleanup_files
+log "mariadbd exited with code $rc"
+exit "$rc"

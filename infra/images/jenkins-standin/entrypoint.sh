@@ -1,0 +1,29 @@
+#!/bin/bash
+# cidemo Jenkins STAND-IN: serves :8080 and registers /services/jenkins/<host>:<container>:8080 in etcd.
+set -euo pipefail
+
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+  exec "$@"
+fi
+
+# shellcheck disable=SC2034
+LOG_COMPONENT=jenkins-standin
+# shellcheck source=/dev/null
+. /usr/local/lib/cidemo/etcd.sh
+
+first_ipv4() {
+  hostname -i 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+(\.[0-9]+){3}$' | head -n1 || true
+}
+
+[ -n "${ETCD_URL:-}" ] || { log "FATAL: ETCD_URL is not set (e.g. http://etcd:2379)"; exit 1; }
+HOST_ID=$(hostname)
+CONTAINER_NAME=${CONTAINER_NAME:-$HOST_ID}
+NODE_ADDRESS=${NODE_ADDRESS:-$(first_ipv4)}
+[ -n "$NODE_ADDRESS" ] || { log "FATAL: NODE_ADDRESS is not set and 'hostname -i' gave no IPv4 address"; exit 1; }
+export TTL=${TTL:-10}
+
+log "STAND-IN (not Jenkins) $CONTAINER_NAME address $NODE_ADDRESS, etcd $ETCD_URL prefix '${ETCD_PREFIX}' ttl $TTL s"
+exec /usr/local/lib/cidemo/announce.sh --component jenkins-standin \
+  --health 'curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:8080/login' \
+  --key "/services/jenkins/$HOST_ID:$CONTAINER_NAME:8080=$NODE_ADDRESS:8080" \
+  -- python3 -u /usr/local/lib/cidemo/standin.py

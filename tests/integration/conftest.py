@@ -1,0 +1,119 @@
+"""Integration fixtures: a real Docker engine, and throwaway sites that are destroyed afterwards."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+
+from tests.conftest import need, run_cidemo
+
+LABEL_SITE = "io.cidemo.site"
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    try:
+        client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+        client.ping()
+    except docker.errors.DockerException as exc:
+        need(False, f"a Docker engine at unix:///var/run/docker.sock ({exc})")
+    return client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_subnet(client: docker.DockerClient, prefix: int = 24) -> ipaddress.IPv4Network:
+    used = []
+    for net in client.networks.list():
+        for cfg in (net.attrs.get("IPAM") or {}).get("Config") or []:
+            if cfg.get("Subnet") and ":" not in cfg["Subnet"]:
+                used.append(ipaddress.IPv4Network(cfg["Subnet"]))
+    for third in range(100, 200):
+        candidate = ipaddress.IPv4Network(f"10.214.{third}.0/{prefix}")
+        if not any(candidate.overlaps(u) for u in used):
+            return candidate
+    raise RuntimeError("no free 10.214.x.0/24 subnet for a test site")
+
+
+@dataclass
+class TestSite:
+    __test__ = False  # a fixture's value, not a test class
+
+    name: str
+    path: Path
+    state: Path
+    data: dict[str, Any]
+
+    def cidemo(self, *args: str, timeout: float = 900) -> Any:
+        return run_cidemo(
+            *args, "--site", str(self.path), "--state-dir", str(self.state), timeout=timeout
+        )
+
+    def secret(self, name: str) -> str:
+        return (self.state / "secrets" / name).read_text().strip()
+
+    @property
+    def rw_port(self) -> int:
+        return int(self.data["services"]["proxy"]["rw_port"])
+
+
+def make_site(client: docker.DockerClient, tmp: Path, **overrides: Any) -> TestSite:
+    name = "it" + secrets.token_hex(3)
+    data: dict[str, Any] = {
+        "name": name,
+        "target": "local",
+        "network": {"cidr": str(free_subnet(client))},
+        "services": {
+            "galera": {"cluster_name": name, "members": 3, "ttl": 6, "join_timeout": 120},
+            "proxy": {"kind": "haproxy", "rw_port": free_port(), "ro_port": free_port()},
+            "jenkins": {"enabled": True, "image": "project:jenkins-standin", "port": free_port()},
+            "etcd": {"port": free_port()},
+        },
+        "timeouts": {"health": 240, "etcd": 60, "docker": 60},
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return TestSite(name, path, tmp / "state", data)
+
+
+def remove_site(clients: list[docker.DockerClient], name: str) -> None:
+    """The finalizer: whatever the test did, nothing labelled with the site survives."""
+    flt = {"label": f"{LABEL_SITE}={name}"}
+    for client in clients:
+        for c in client.containers.list(all=True, filters=flt):
+            c.remove(force=True)
+        for n in client.networks.list(filters=flt):
+            n.remove()
+        for v in client.volumes.list(filters=flt):
+            v.remove(force=True)
+
+
+@pytest.fixture
+def site_factory(engine: docker.DockerClient, tmp_path: Path) -> Iterator[Any]:
+    made: list[TestSite] = []
+
+    def factory(**overrides: Any) -> TestSite:
+        site = make_site(engine, tmp_path / f"s{len(made)}", **overrides)
+        site.path.parent.mkdir(parents=True, exist_ok=True)
+        site.path.write_text(yaml.safe_dump(site.data))
+        made.append(site)
+        return site
+
+    yield factory
+    for site in made:
+        remove_site([engine], site.name)

@@ -1,0 +1,212 @@
+"""The local default end to end on the real engine: provision, converge, kill, heal, recover.
+
+The tests of this module share one site and run in order, as an operator's day would.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pymysql
+import pytest
+
+from tests.integration.conftest import TestSite, make_site, remove_site
+
+pytestmark = pytest.mark.integration
+WRITE_LOOP_MAX_ROWS = 2000
+WRITE_LOOP_MAX_SECONDS = 60.0
+
+
+@pytest.fixture(scope="module")
+def site(
+    engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestSite]:
+    made = make_site(engine, tmp_path_factory.mktemp("tier"))
+    yield made
+    remove_site([engine], made.name)
+
+
+def members(engine: docker.DockerClient, site: TestSite) -> list[Any]:
+    flt = {"label": [f"io.cidemo.site={site.name}", "io.cidemo.role=galera"]}
+    return sorted(engine.containers.list(all=True, filters=flt), key=lambda c: c.name)
+
+
+def count_on(member: Any, sql: str) -> int:
+    result = member.exec_run(["mariadb", "-N", "-B", "-e", sql])
+    assert result.exit_code == 0, result.output
+    return int(result.output.decode().strip())
+
+
+def smoke(site: TestSite) -> dict[str, Any]:
+    result = site.cidemo("smoke", "--json")
+    report = json.loads(result.out)
+    assert (result.rc == 0) == report["passed"]
+    return {c["name"]: c for c in report["checks"]} | {"_passed": report["passed"]}
+
+
+def assert_smoke_passes(site: TestSite) -> None:
+    report = smoke(site)
+    failed = {k: v["detail"] for k, v in report.items() if k != "_passed" and not v["passed"]}
+    assert report["_passed"], failed
+
+
+def test_provision_from_nothing_passes_smoke(site: TestSite) -> None:
+    result = site.cidemo("provision")
+    assert result.rc == 0, result.err + result.out
+    report = smoke(site)
+    assert report["_passed"], report
+    for name in (
+        "etcd",
+        "database registrations",
+        "galera cluster uuid",
+        "proxy backends",
+        "row through proxy",
+        "jenkins http",
+        "jenkins registered",
+    ):
+        assert report[name]["passed"], report[name]
+    assert f"127.0.0.1:{site.rw_port}" in result.out
+
+
+def test_second_provision_plans_nothing(site: TestSite) -> None:
+    plan = site.cidemo("plan", "--json")
+    assert plan.rc == 0, plan.err
+    assert json.loads(plan.out)["actions"] == []
+    again = site.cidemo("provision")
+    assert again.rc == 0, again.err
+    assert "no changes" in again.out
+
+
+def test_root_over_the_local_socket_keeps_working(engine, site: TestSite) -> None:
+    for member in members(engine, site):
+        assert count_on(member, "SELECT 1") == 1
+
+
+class Writer(threading.Thread):
+    """Bounded writes through the proxy's read-write port; remembers what was acknowledged."""
+
+    def __init__(self, port: int, password: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.password = port, password
+        self.acked: list[int] = []
+        self.errors = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + WRITE_LOOP_MAX_SECONDS
+        conn = None
+        i = 0
+        while not self.stop.is_set() and i < WRITE_LOOP_MAX_ROWS and time.monotonic() < deadline:
+            i += 1
+            try:
+                if conn is None:
+                    conn = pymysql.connect(
+                        host="127.0.0.1",
+                        port=self.port,
+                        user="root",
+                        password=self.password,
+                        autocommit=True,
+                        connect_timeout=3,
+                        read_timeout=10,
+                        write_timeout=10,
+                    )
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO loadtest.w (n) VALUES (%s)", (i,))
+                self.acked.append(i)
+            except pymysql.MySQLError:
+                self.errors += 1
+                conn = None
+                time.sleep(0.2)
+            time.sleep(0.01)
+
+
+def test_kill_a_member_under_writes_loses_no_acknowledged_write(engine, site: TestSite) -> None:
+    password = site.secret("root_password")
+    conn = pymysql.connect(
+        host="127.0.0.1", port=site.rw_port, user="root", password=password, autocommit=True
+    )
+    with conn.cursor() as cur:
+        cur.execute("CREATE DATABASE IF NOT EXISTS loadtest")
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS loadtest.w (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+            " n INT NOT NULL)"
+        )
+    conn.close()
+    writer = Writer(site.rw_port, password)
+    writer.start()
+    time.sleep(3)
+    victim = members(engine, site)[0]  # the proxy's read-write member (lowest address)
+    victim.kill()
+    time.sleep(8)
+    writer.stop.set()
+    writer.join(timeout=30)
+    assert len(writer.acked) > 50
+
+    report = smoke(site)
+    assert not report["_passed"]
+    assert not report["galera deis-1"]["passed"]
+    assert "down" in report["galera deis-1"]["detail"]
+
+    heal = site.cidemo("provision")
+    assert heal.rc == 0, heal.err + heal.out
+    assert "start cidemo-" in heal.err
+    logs = victim.logs(since=int(time.time()) - 300).decode(errors="replace")
+    assert (
+        "IST" in logs and "State transfer required" not in logs.split("joining")[-1]
+    ) or "IST received" in logs
+    assert_smoke_passes(site)
+    acked = ",".join(map(str, writer.acked))
+    for member in members(engine, site):
+        got = count_on(member, f"SELECT COUNT(DISTINCT n) FROM loadtest.w WHERE n IN ({acked})")
+        assert got == len(writer.acked), member.name
+
+
+def test_kill_all_members_then_recover(engine, site: TestSite) -> None:
+    before = count_on(members(engine, site)[0], "SELECT COUNT(*) FROM loadtest.w")
+    for member in members(engine, site):
+        member.kill()
+    assert not smoke(site)["_passed"]
+    result = site.cidemo("recover", "--yes")
+    assert result.rc == 0, result.err + result.out
+    assert "bootstrapping from" in result.err
+    assert_smoke_passes(site)
+    for member in members(engine, site):
+        assert count_on(member, "SELECT COUNT(*) FROM loadtest.w") == before
+
+
+def test_no_secret_in_logs_labels_env_or_output(engine, site: TestSite) -> None:
+    values = [
+        site.secret(n)
+        for n in ("root_password", "sst_password", "monitor_password", "jenkins_admin_password")
+    ]
+    outputs = [site.cidemo(*cmd) for cmd in (("status",), ("smoke",), ("plan", "--json"))]
+    texts = [o.out + o.err for o in outputs]
+    flt = {"label": f"io.cidemo.site={site.name}"}
+    for container in engine.containers.list(all=True, filters=flt):
+        texts.append(container.logs().decode(errors="replace"))
+        attrs = container.attrs
+        texts.append(json.dumps(attrs["Config"].get("Labels")))
+        texts.append(json.dumps(attrs["Config"].get("Env")))
+        texts.append(json.dumps(attrs["Config"].get("Cmd")) + json.dumps(attrs.get("Args")))
+        top = container.top() if container.status == "running" else {"Processes": []}
+        texts.append(json.dumps(top["Processes"]))
+    for value in values:
+        assert len(value) >= 16
+        assert not any(value in t for t in texts)
+
+
+def test_destroy_removes_everything_and_twice_is_a_noop(engine, site: TestSite) -> None:
+    result = site.cidemo("destroy", "--yes", "--purge")
+    assert result.rc == 0, result.err
+    flt = {"label": f"io.cidemo.site={site.name}"}
+    assert engine.containers.list(all=True, filters=flt) == []
+    assert engine.networks.list(filters=flt) == []
+    assert engine.volumes.list(filters=flt) == []
+    again = site.cidemo("destroy", "--yes", "--purge")
+    assert again.rc == 0
+    assert "no changes" in again.out

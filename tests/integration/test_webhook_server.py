@@ -1,0 +1,771 @@
+"""The real webhook server (waitress on 127.0.0.1) against signed and unsigned deliveries.
+
+Environments are not touched: intents go to `RecordingExecutor`, and commit statuses go to
+`RecordingGitHub` (tests/support/recording_github.py), both test doubles that only record.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from cidemo_infra.webhook.commands import parse_listen, webhook
+from cidemo_infra.webhook.events import (
+    ExecutionResult,
+    Intent,
+    PreviewDown,
+    PreviewUp,
+    ProductionUp,
+    StagingUp,
+)
+from cidemo_infra.webhook.server import MAX_BODY, WebhookServer
+from cidemo_infra.webhook.signature import sign
+from cidemo_infra.webhook.status import CommitStatusClient
+from tests.conftest import REPO, SITES
+from tests.support.recording_github import RecordingGitHub
+
+pytestmark = pytest.mark.integration
+
+DATA = REPO / "tests" / "data" / "github"
+SECRET = "test-webhook-secret-0123456789"
+TOKEN = "test-github-token-abcdef"
+HEAD = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
+
+
+@dataclass
+class Call:
+    intent: Intent
+    started: float
+    ended: float = 0.0
+
+
+@dataclass
+class RecordingExecutor:
+    """Test double for the IntentExecutor the envs package provides: records each intent it is
+    given, optionally sleeps or fails, and answers a made-up preview URL. It deploys nothing."""
+
+    delays: dict[int, float] = field(default_factory=dict)
+    fail_with: Exception | None = None
+    ok: bool = True
+    calls: list[Call] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def execute(self, intent: Intent) -> ExecutionResult:
+        call = Call(intent, time.monotonic())
+        with self.lock:
+            self.calls.append(call)
+        pr = getattr(intent, "pr", None)
+        if isinstance(intent, PreviewUp) and pr in self.delays:
+            time.sleep(self.delays[pr])
+        call.ended = time.monotonic()
+        if self.fail_with is not None:
+            raise self.fail_with
+        url = f"http://pr-{pr}-ghost.cidemo.test" if isinstance(intent, PreviewUp) else None
+        return ExecutionResult(url=url, ok=self.ok, detail="recorded" if self.ok else "boom")
+
+    def intents(self) -> list[Intent]:
+        with self.lock:
+            return [c.intent for c in self.calls]
+
+
+def fixture_body(name: str) -> bytes:
+    return (DATA / f"{name}.json").read_bytes()
+
+
+def fixture_json(name: str) -> dict[str, Any]:
+    return json.loads(fixture_body(name))
+
+
+def signed(
+    body: bytes, event: str, delivery: str | None = None, secret: str = SECRET
+) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "X-Hub-Signature-256": sign(secret, body),
+        "User-Agent": "GitHub-Hookshot/test",
+    }
+
+
+def send(
+    server: WebhookServer,
+    body: bytes,
+    headers: dict[str, str],
+    method: str = "POST",
+    path: str = "/github",
+) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read().decode().strip()
+    finally:
+        conn.close()
+
+
+def deliver(server: WebhookServer, name: str, delivery: str | None = None) -> tuple[int, str]:
+    body = fixture_body(name)
+    return send(server, body, signed(body, name.split(".", 1)[0], delivery))
+
+
+@pytest.fixture
+def github() -> Iterator[RecordingGitHub]:
+    with RecordingGitHub() as recorder:
+        yield recorder
+
+
+@pytest.fixture
+def executor() -> RecordingExecutor:
+    return RecordingExecutor()
+
+
+def make_server(
+    tmp_path: Path, executor: RecordingExecutor, github: RecordingGitHub | None, **kw: Any
+) -> WebhookServer:
+    statuses = CommitStatusClient(TOKEN, github.url, backoff=0.01) if github else None
+    return WebhookServer(
+        SECRET,
+        executor,
+        tmp_path / "state" / "webhook" / "deliveries.sqlite3",
+        statuses=statuses,
+        **kw,
+    ).start()
+
+
+@pytest.fixture
+def server(
+    tmp_path: Path, executor: RecordingExecutor, github: RecordingGitHub
+) -> Iterator[WebhookServer]:
+    srv = make_server(tmp_path, executor, github, workers=4)
+    yield srv
+    srv.stop(drain_timeout=5)
+
+
+def _bad_requests() -> list[tuple[str, str, str, bytes, dict[str, str], int]]:
+    good = fixture_body("pull_request.opened")
+    other = fixture_body("pull_request.closed-merged")
+    no_number = fixture_json("pull_request.opened")
+    del no_number["pull_request"]["number"]
+    no_number_body = json.dumps(no_number).encode()
+    string_number = fixture_json("pull_request.opened")
+    string_number["pull_request"]["number"] = "11"
+    string_number_body = json.dumps(string_number).encode()
+    digest = sign(SECRET, good)[len("sha256=") :]
+    unsigned = {k: v for k, v in signed(good, "pull_request").items() if "Signature" not in k}
+    form_without_payload = urllib.parse.urlencode({"data": good.decode()}).encode()
+    form_bad_json = urllib.parse.urlencode({"payload": good.decode()[:200]}).encode()
+    form_good = urllib.parse.urlencode({"payload": good.decode()}).encode()
+    form = "application/x-www-form-urlencoded"
+
+    def with_sig(body: bytes, **override: str) -> dict[str, str]:
+        return {**signed(body, "pull_request"), **override}
+
+    return [
+        ("no signature", "POST", "/github", good, unsigned, 401),
+        (
+            "wrong signature",
+            "POST",
+            "/github",
+            good,
+            with_sig(good, **{"X-Hub-Signature-256": "sha256=" + "0" * 64}),
+            401,
+        ),
+        (
+            "signature of another body",
+            "POST",
+            "/github",
+            good,
+            with_sig(good, **{"X-Hub-Signature-256": sign(SECRET, other)}),
+            401,
+        ),
+        (
+            "signature with another secret",
+            "POST",
+            "/github",
+            good,
+            signed(good, "pull_request", secret="not-the-secret"),
+            401,
+        ),
+        (
+            "sha1 header only",
+            "POST",
+            "/github",
+            good,
+            {**unsigned, "X-Hub-Signature": "sha1=" + "ab" * 20},
+            401,
+        ),
+        (
+            "wrong prefix",
+            "POST",
+            "/github",
+            good,
+            with_sig(good, **{"X-Hub-Signature-256": "sha512=" + digest}),
+            401,
+        ),
+        (
+            "bare hex digest",
+            "POST",
+            "/github",
+            good,
+            with_sig(good, **{"X-Hub-Signature-256": digest}),
+            401,
+        ),
+        (
+            "unsigned form body",
+            "POST",
+            "/github",
+            form_good,
+            {**unsigned, "Content-Type": form},
+            401,
+        ),
+        ("empty body", "POST", "/github", b"", with_sig(b""), 400),
+        ("truncated JSON", "POST", "/github", good[:300], with_sig(good[:300]), 400),
+        ("JSON array", "POST", "/github", b"[1, 2]", with_sig(b"[1, 2]"), 400),
+        (
+            "missing pull_request.number",
+            "POST",
+            "/github",
+            no_number_body,
+            with_sig(no_number_body),
+            400,
+        ),
+        (
+            "string pull_request.number",
+            "POST",
+            "/github",
+            string_number_body,
+            with_sig(string_number_body),
+            400,
+        ),
+        (
+            "missing X-GitHub-Event",
+            "POST",
+            "/github",
+            good,
+            {k: v for k, v in with_sig(good).items() if k != "X-GitHub-Event"},
+            400,
+        ),
+        (
+            "malformed delivery id",
+            "POST",
+            "/github",
+            good,
+            with_sig(good, **{"X-GitHub-Delivery": "abc\u00e9; rm -rf"}),
+            400,
+        ),
+        (
+            "form without payload field",
+            "POST",
+            "/github",
+            form_without_payload,
+            with_sig(form_without_payload, **{"Content-Type": form}),
+            400,
+        ),
+        (
+            "form with truncated JSON",
+            "POST",
+            "/github",
+            form_bad_json,
+            with_sig(form_bad_json, **{"Content-Type": form}),
+            400,
+        ),
+        (
+            "wrong content type",
+            "POST",
+            "/github",
+            good,
+            with_sig(good, **{"Content-Type": "text/plain"}),
+            415,
+        ),
+        (
+            "no content type",
+            "POST",
+            "/github",
+            good,
+            {k: v for k, v in with_sig(good).items() if k != "Content-Type"},
+            415,
+        ),
+        (
+            "oversized body declared",
+            "POST",
+            "/github",
+            b"{}",
+            {**with_sig(b"{}"), "Content-Length": str(MAX_BODY + 1)},
+            413,
+        ),
+        ("GET", "GET", "/github", b"", {}, 405),
+        ("PUT", "PUT", "/github", good, with_sig(good), 405),
+        ("wrong path", "POST", "/hooks/github", good, with_sig(good), 404),
+        ("root path", "POST", "/", good, with_sig(good), 404),
+    ]
+
+
+BAD = _bad_requests()
+
+
+@pytest.fixture(scope="module")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[WebhookServer, RecordingExecutor, RecordingGitHub]]:
+    recorder = RecordingGitHub().__enter__()
+    double = RecordingExecutor()
+    srv = make_server(tmp_path_factory.mktemp("corpus"), double, recorder)
+    yield srv, double, recorder
+    srv.stop(drain_timeout=5)
+    recorder.__exit__()
+
+
+def test_bad_request_corpus_is_large_and_varied() -> None:
+    assert len(BAD) >= 10
+    assert {case[-1] for case in BAD} == {400, 401, 404, 405, 413, 415}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "expected"),
+    [case[1:] for case in BAD],
+    ids=[case[0] for case in BAD],
+)
+def test_bad_request_is_refused_and_changes_nothing(
+    shared: tuple[WebhookServer, RecordingExecutor, RecordingGitHub],
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    expected: int,
+) -> None:
+    srv, double, recorder = shared
+    status, _ = send(srv, body, headers, method, path)
+    assert status == expected
+    assert srv.wait_idle(5)
+    assert double.intents() == []
+    assert recorder.statuses() == []
+    assert len(srv.deliveries) == 0
+
+
+def test_oversized_uploads_are_cut_off(server: WebhookServer, executor: RecordingExecutor) -> None:
+    big = b'{"zen": "' + b"x" * MAX_BODY + b'"}'
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    headers = signed(big, "ping")
+    del headers["X-Hub-Signature-256"]
+    conn.request("POST", "/github", body=iter([big]), headers=headers, encode_chunked=True)
+    assert conn.getresponse().status == 413
+    conn.close()
+    try:
+        status, _ = send(server, big, signed(big, "ping"))
+    except (ConnectionResetError, BrokenPipeError):
+        status = 413  # refused on the header; the rest of the upload met a closed socket
+    assert status == 413
+    assert server.wait_idle(5)
+    assert executor.intents() == []
+    assert len(server.deliveries) == 0
+
+
+def test_opened_is_accepted_at_once_and_executed(
+    server: WebhookServer, executor: RecordingExecutor
+) -> None:
+    executor.delays[11] = 1.0
+    started = time.monotonic()
+    status, text = deliver(server, "pull_request.opened")
+    assert status == 202, text
+    assert time.monotonic() - started < 0.9, "the answer waited for the executor"
+    assert server.wait_idle(5)
+    assert executor.intents() == [PreviewUp(11, HEAD, "paulczar/ci-demo", False)]
+
+
+@pytest.mark.parametrize(
+    ("name", "intent"),
+    [
+        ("push.development", StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6")),
+        ("push.master", ProductionUp("9049f1265b7d61be4a8904a9a27120d2064dab3b")),
+        ("pull_request.closed-unmerged", PreviewDown(12, merged=False)),
+        ("pull_request.labeled-fork", PreviewUp(14, HEAD, "octocat/ci-demo", True)),
+    ],
+)
+def test_deliveries_reach_the_executor(
+    server: WebhookServer, executor: RecordingExecutor, name: str, intent: Intent
+) -> None:
+    status, _ = deliver(server, name)
+    assert status == 202
+    assert server.wait_idle(5)
+    assert executor.intents() == [intent]
+
+
+def test_form_encoded_delivery_is_accepted(
+    server: WebhookServer, executor: RecordingExecutor
+) -> None:
+    body = urllib.parse.urlencode({"payload": fixture_body("push.development").decode()}).encode()
+    headers = {**signed(body, "push"), "Content-Type": "application/x-www-form-urlencoded"}
+    status, _ = send(server, body, headers)
+    assert status == 202
+    assert server.wait_idle(5)
+    assert executor.intents() == [StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6")]
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "text"),
+    [
+        ("ping", 200, "pong"),
+        ("issues.opened", 200, "ignored: event 'issues' is not handled"),
+        ("push.delete", 200, "ignored: push deleted refs/heads/add-s3-storage"),
+        ("pull_request.opened-fork", 200, "ignored: pull request #14 is from fork"),
+    ],
+)
+def test_nothing_to_do_is_ok_and_runs_nothing(
+    server: WebhookServer,
+    executor: RecordingExecutor,
+    github: RecordingGitHub,
+    name: str,
+    code: int,
+    text: str,
+) -> None:
+    status, answer = deliver(server, name)
+    assert (status, answer[: len(text)]) == (code, text)
+    assert server.wait_idle(5)
+    assert executor.intents() == []
+    assert github.statuses() == []
+
+
+def test_replayed_delivery_does_nothing_even_after_restart(
+    tmp_path: Path, executor: RecordingExecutor, github: RecordingGitHub
+) -> None:
+    delivery = str(uuid.uuid4())
+    first = make_server(tmp_path, executor, github)
+    try:
+        assert deliver(first, "pull_request.opened", delivery)[0] == 202
+        assert deliver(first, "pull_request.opened", delivery) == (200, "duplicate delivery")
+        assert first.wait_idle(5)
+    finally:
+        first.stop(drain_timeout=5)
+    second = make_server(tmp_path, executor, github)
+    try:
+        assert deliver(second, "pull_request.opened", delivery) == (200, "duplicate delivery")
+        assert second.wait_idle(5)
+    finally:
+        second.stop(drain_timeout=5)
+    assert len(executor.intents()) == 1
+
+
+def test_refused_delivery_can_be_redelivered(
+    server: WebhookServer, executor: RecordingExecutor
+) -> None:
+    delivery = str(uuid.uuid4())
+    broken = b'{"action": "opened"'
+    assert send(server, broken, signed(broken, "pull_request", delivery))[0] == 400
+    assert deliver(server, "pull_request.opened", delivery)[0] == 202
+    assert server.wait_idle(5)
+    assert len(executor.intents()) == 1
+
+
+def test_concurrent_copies_of_one_delivery_run_once(
+    server: WebhookServer, executor: RecordingExecutor
+) -> None:
+    delivery = str(uuid.uuid4())
+    codes: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda: codes.append(deliver(server, "push.development", delivery)[0])
+        )
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert server.wait_idle(5)
+    assert sorted(codes) == [200] * 7 + [202]
+    assert len(executor.intents()) == 1
+
+
+def test_close_never_overtakes_open_of_the_same_pr(
+    server: WebhookServer, executor: RecordingExecutor
+) -> None:
+    opened = fixture_json("pull_request.opened")
+    opened["pull_request"]["number"] = 21
+    closed = fixture_json("pull_request.closed-merged")
+    closed["pull_request"]["number"] = 21
+    other = fixture_json("pull_request.opened")
+    other["pull_request"]["number"] = 22
+    executor.delays[21] = 0.6
+    for data in (opened, closed, other):
+        body = json.dumps(data).encode()
+        assert send(server, body, signed(body, "pull_request"))[0] == 202
+    assert server.wait_idle(10)
+    calls = {(type(c.intent).__name__, c.intent.pr): c for c in executor.calls}  # type: ignore[union-attr]
+    up21, down21, up22 = (
+        calls[("PreviewUp", 21)],
+        calls[("PreviewDown", 21)],
+        calls[("PreviewUp", 22)],
+    )
+    assert down21.started >= up21.ended, "PR 21 was closed before its preview finished"
+    # the pool is parallel, so the order above is the queue's doing, not a single worker's
+    assert up22.started < up21.ended
+
+
+def test_commit_statuses_carry_the_preview_url(
+    server: WebhookServer, github: RecordingGitHub
+) -> None:
+    assert deliver(server, "pull_request.opened")[0] == 202
+    assert server.wait_idle(5)
+    pending, success = github.wait_for(2)
+    assert pending.path == success.path == f"/repos/paulczar/ci-demo/statuses/{HEAD}"
+    assert pending.body["state"] == "pending"
+    assert success.body == {
+        "state": "success",
+        "target_url": "http://pr-11-ghost.cidemo.test",
+        "description": f"preview of PR #11 at {HEAD[:12]} is up",
+        "context": "cidemo/preview",
+    }
+    assert success.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert success.headers["Accept"] == "application/vnd.github+json"
+
+
+def test_status_is_retried_after_5xx(server: WebhookServer, github: RecordingGitHub) -> None:
+    github.fail_next = 2
+    assert deliver(server, "push.development")[0] == 202
+    assert server.wait_idle(10)
+    requests = github.wait_for(4)
+    assert len(requests) == 4  # pending twice refused, pending, success
+    assert [r.body["state"] for r in requests] == ["pending"] * 3 + ["success"]
+    assert requests[-1].body["context"] == "cidemo/staging"
+
+
+@pytest.mark.parametrize("failure", ["not ok", "raises"])
+def test_failed_deploy_is_reported_as_failure(
+    tmp_path: Path, github: RecordingGitHub, failure: str
+) -> None:
+    double = RecordingExecutor(ok=False)
+    if failure == "raises":
+        double.fail_with = NotImplementedError("environments are wired by the envs package")
+    srv = make_server(tmp_path, double, github)
+    try:
+        assert deliver(srv, "pull_request.opened")[0] == 202
+        assert srv.wait_idle(5)
+    finally:
+        srv.stop(drain_timeout=5)
+    last = github.wait_for(2)[-1]
+    assert last.body["state"] == "failure"
+    assert "target_url" not in last.body
+    expected = "NotImplementedError" if failure == "raises" else "boom"
+    assert expected in last.body["description"]
+
+
+def test_log_has_one_line_per_delivery_without_bodies_or_secrets(
+    server: WebhookServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cidemo.webhook")
+    delivery = str(uuid.uuid4())
+    deliver(server, "pull_request.opened", delivery)
+    deliver(server, "pull_request.opened", delivery)
+    body = fixture_body("ping")
+    send(server, body, {**signed(body, "ping"), "X-Hub-Signature-256": "sha256=" + "1" * 64})
+    assert server.wait_idle(5)
+    lines = [r.getMessage() for r in caplog.records if r.name == "cidemo.webhook"]
+    verdicts = [line for line in lines if "verdict=" in line]
+    assert len(verdicts) == 3
+    assert f"delivery={delivery} event=pull_request action=opened verdict=queued" in verdicts[0]
+    assert verdicts[1].endswith("verdict=duplicate delivery")
+    assert "verdict=signature missing or wrong" in verdicts[2]
+    everything = "\n".join(r.getMessage() for r in caplog.records)
+    for secret_or_body in (SECRET, TOKEN, "Moves uploaded images", "Design for failure"):
+        assert secret_or_body not in everything
+
+
+def test_stop_drains_the_queue(tmp_path: Path, github: RecordingGitHub) -> None:
+    double = RecordingExecutor(delays={31: 0.3, 32: 0.3, 33: 0.3})
+    srv = make_server(tmp_path, double, None, workers=1)
+    for pr in (31, 32, 33):
+        data = fixture_json("pull_request.opened")
+        data["pull_request"]["number"] = pr
+        body = json.dumps(data).encode()
+        assert send(srv, body, signed(body, "pull_request"))[0] == 202
+    assert srv.stop(drain_timeout=10) == 0
+    assert [i.pr for i in double.intents()] == [31, 32, 33]  # type: ignore[union-attr]
+
+
+def test_drain_is_bounded(tmp_path: Path) -> None:
+    double = RecordingExecutor(delays={41: 0.5, 42: 0.5, 43: 0.5})
+    srv = make_server(tmp_path, double, None, workers=1)
+    for pr in (41, 42, 43):
+        data = fixture_json("pull_request.opened")
+        data["pull_request"]["number"] = pr
+        body = json.dumps(data).encode()
+        assert send(srv, body, signed(body, "pull_request"))[0] == 202
+    started = time.monotonic()
+    left = srv.stop(drain_timeout=0.2)
+    assert left >= 1
+    assert time.monotonic() - started < 5
+
+
+def test_full_queue_answers_503_and_forgets_the_delivery(tmp_path: Path) -> None:
+    double = RecordingExecutor(delays={51: 1.0})
+    srv = make_server(tmp_path, double, None, workers=1, max_queued=2)
+    try:
+        first = fixture_json("pull_request.opened")
+        first["pull_request"]["number"] = 51
+        body = json.dumps(first).encode()
+        assert send(srv, body, signed(body, "pull_request"))[0] == 202
+        # running or queued, #51 and this push fill the bound of 2
+        assert deliver(srv, "push.development")[0] == 202
+        delivery = str(uuid.uuid4())
+        assert deliver(srv, "push.master", delivery)[0] == 503
+        assert delivery not in srv.deliveries
+        assert srv.wait_idle(5)
+    finally:
+        srv.stop(drain_timeout=5)
+    assert not any(isinstance(i, ProductionUp) for i in double.intents())
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:8088", ("127.0.0.1", 8088)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("hooks.cidemo.test:80", ("hooks.cidemo.test", 80)),
+    ],
+)
+def test_listen_addresses(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "8088",
+        "127.0.0.1",
+        "127.0.0.1:0",
+        "127.0.0.1:70000",
+        "::1:8088",
+        "host name:80",
+        ":8088",
+        "127.0.0.1:80x",
+    ],
+)
+def test_serve_refuses_bad_listen_in_one_line(listen: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        webhook,
+        [
+            "serve",
+            "--site",
+            str(SITES / "local.yaml"),
+            "--listen",
+            listen,
+            "--state-dir",
+            str(tmp_path),
+        ],
+        env={"CIDEMO_WEBHOOK_SECRET": SECRET},
+    )
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--listen" in lines[0], result.output
+
+
+def test_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        webhook,
+        [
+            "serve",
+            "--site",
+            str(SITES / "local.yaml"),
+            "--listen",
+            "127.0.0.1:8088",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        env={"CIDEMO_WEBHOOK_SECRET": ""},
+    )
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "no webhook secret" in lines[0], result.output
+    assert not (tmp_path / "state" / "secrets" / "webhook_secret").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_runs_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "secrets").mkdir(parents=True)
+    (state / "secrets" / "webhook_secret").write_text(SECRET + "\n")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIDEMO_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from cidemo_infra.webhook.commands import webhook; webhook()",
+            "serve",
+            "--site",
+            str(SITES / "local.yaml"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            str(state),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        body = fixture_body("ping")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("POST", "/github", body=body, headers=signed(body, "ping"))
+                response = conn.getresponse()
+                answer = (response.status, response.read().decode().strip())
+                conn.close()
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "webhook serve did not start listening"
+                time.sleep(0.1)
+        assert answer == (200, "pong")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert f"on http://127.0.0.1:{port}/github" in err
+    assert "verdict=pong" in err
+    assert SECRET not in err
+
+
+def test_serve_refuses_a_taken_port_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state")]
+        result = CliRunner().invoke(
+            webhook,
+            ["serve", "--site", str(SITES / "local.yaml"), *args],
+            env={"CIDEMO_WEBHOOK_SECRET": SECRET},
+        )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0]

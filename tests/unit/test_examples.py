@@ -1,0 +1,184 @@
+"""The Ghost example: the Compose file validates, the Dockerfile maps the 2015 variables.
+
+The ghost and mysql images cannot be pulled here, so these checks are static, except that the
+entrypoint script embedded in the Dockerfile is run for real with a stand-in for the official
+image's `docker-entrypoint.sh` that prints the environment it was given.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, need
+
+pytestmark = pytest.mark.unit
+
+GHOST = REPO / "examples" / "ghost"
+DOCKERFILE = GHOST / "Dockerfile"
+COMPOSE = GHOST / "compose.yaml"
+PASSWORDS = {"DB_PASS": "test-db-pass", "MYSQL_ROOT_PASSWORD": "test-root-pass"}
+
+
+def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("docker-compose")
+    need(binary is not None, "docker-compose (Debian package docker-compose)")
+    clean = {k: v for k, v in os.environ.items() if k not in PASSWORDS}
+    return subprocess.run(
+        [str(binary), "-f", str(COMPOSE), *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_compose_file_is_valid() -> None:
+    result = _compose("config", "-q", env=PASSWORDS)
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_has_no_default_passwords() -> None:
+    result = _compose("config", "-q", env={})
+    assert result.returncode != 0
+    assert "DB_PASS" in result.stderr or "MYSQL_ROOT_PASSWORD" in result.stderr
+
+
+def test_compose_shape() -> None:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert "version" not in data
+    assert set(data["services"]) == {"ghost", "mysql"}
+    assert re.fullmatch(r"mysql:8(\.\d+)*", data["services"]["mysql"]["image"])
+    ghost = data["services"]["ghost"]
+    assert ghost["build"] == "."
+    assert ghost["depends_on"]["mysql"]["condition"] == "service_healthy"
+    assert {"URL", "DB_HOST", "DB_USER", "DB_PASS", "DB_NAME"} <= set(ghost["environment"])
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, here-document bodies left out."""
+    found: list[tuple[str, str]] = []
+    lines = iter(DOCKERFILE.read_text().splitlines())
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        found.append((word.upper(), rest.strip()))
+        heredoc = re.search(r'<<-?"?(\w+)"?', rest)
+        if heredoc:
+            for body in lines:
+                if body == heredoc.group(1):
+                    break
+    return found
+
+
+def _entrypoint_script() -> str:
+    match = re.search(
+        r'^COPY [^\n]*<<"EOF" /usr/local/bin/cidemo-entrypoint\.sh\n(.*?)^EOF$',
+        DOCKERFILE.read_text(),
+        re.S | re.M,
+    )
+    assert match, "the Dockerfile writes no cidemo-entrypoint.sh here-document"
+    return match.group(1)
+
+
+def test_dockerfile_builds_on_the_current_official_image() -> None:
+    steps = _instructions()
+    assert steps[0][0] == "FROM"
+    image = re.fullmatch(r"ghost:(\d+)", steps[0][1])
+    assert image and int(image.group(1)) >= 6, steps[0]
+    assert ("ENV", "NODE_ENV=production") in steps
+    assert ("ENTRYPOINT", '["cidemo-entrypoint.sh"]') in steps
+    assert ("CMD", '["node", "current/index.js"]') in steps
+    assert [s for s in steps if s[0] == "EXPOSE"] == [("EXPOSE", "2368")]
+
+
+def test_no_secret_is_baked_into_the_image() -> None:
+    for word, args in _instructions():
+        if word in ("ENV", "ARG", "LABEL"):
+            assert not re.search(r"(?i)pass|secret|key|token", args), args
+
+
+@pytest.fixture
+def entrypoint(tmp_path: Path) -> Path:
+    script = tmp_path / "cidemo-entrypoint.sh"
+    script.write_text(_entrypoint_script())
+    script.chmod(0o755)
+    stand_in = tmp_path / "bin" / "docker-entrypoint.sh"
+    stand_in.parent.mkdir()
+    stand_in.write_text('#!/bin/sh\necho "args=$*"\nenv\n')
+    stand_in.chmod(0o755)
+    return script
+
+
+def _run(script: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": f"{script.parent / 'bin'}:/usr/bin:/bin", "GHOST_CONTENT": str(script.parent)}
+    return subprocess.run(
+        ["sh", str(script), "node", "current/index.js"],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        timeout=30,
+        check=False,
+    )
+
+
+def _env(output: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+
+
+def test_entrypoint_maps_the_2015_names(entrypoint: Path) -> None:
+    result = _run(
+        entrypoint,
+        URL="http://pr-11-ghost.cidemo.test",
+        DB_HOST="10.213.7.20",
+        DB_USER="pr_11_ghost",
+        DB_PASS="s3cret-db",
+        DB_NAME="pr_11_ghost",
+        PORT="5000",
+        HOST="0.0.0.0",
+    )
+    assert result.returncode == 0, result.stderr
+    env = _env(result.stdout)
+    assert env["args"] == "node current/index.js"
+    assert env["url"] == "http://pr-11-ghost.cidemo.test"
+    assert env["database__client"] == "mysql"
+    assert env["database__connection__host"] == "10.213.7.20"
+    assert env["database__connection__port"] == "3306"
+    assert env["database__connection__user"] == "pr_11_ghost"
+    assert env["database__connection__password"] == "s3cret-db"
+    assert env["database__connection__database"] == "pr_11_ghost"
+    assert (env["server__port"], env["server__host"]) == ("5000", "0.0.0.0")
+    assert "DB_PASS" not in env
+    assert not any(k.startswith("storage__") for k in env)
+
+
+def test_entrypoint_refuses_a_database_without_password(entrypoint: Path) -> None:
+    result = _run(entrypoint, DB_HOST="mysql", DB_USER="ghost")
+    assert result.returncode != 0
+    assert "DB_PASS is required" in result.stderr
+    assert "args=" not in result.stdout
+
+
+def test_entrypoint_maps_s3_keys_and_needs_an_adapter(entrypoint: Path) -> None:
+    keys = {"S3_ACCESS_KEY_ID": "AKIAEXAMPLE", "S3_ACCESS_KEY": "wJalrEXAMPLEKEY"}
+    without = _run(entrypoint, **keys)
+    env = _env(without.stdout)
+    assert env["storage__s3__accessKeyId"] == "AKIAEXAMPLE"
+    assert env["storage__s3__secretAccessKey"] == "wJalrEXAMPLEKEY"
+    assert "storage__active" not in env
+    assert "no s3 storage adapter" in without.stderr
+    (entrypoint.parent / "adapters" / "storage" / "s3").mkdir(parents=True)
+    assert _env(_run(entrypoint, **keys).stdout)["storage__active"] == "s3"
+
+
+def test_makefile_has_the_2015_aliases() -> None:
+    targets = set(re.findall(r"^([a-z]+):", (GHOST / "Makefile").read_text(), re.M))
+    assert {"dc", "npm", "up", "build", "test"} <= targets
