@@ -8,9 +8,12 @@ from pathlib import Path
 import docker
 import docker.errors
 import docker.tls
+import requests.exceptions
 
 from cidemo_infra.errors import EngineError
 
+# What a Docker call raises when the engine refuses or cannot be reached at all.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 API_VERSION = "1.41"  # Debian bookworm's docker.io 20.10; newer engines speak it too
 _clients: dict[str, docker.DockerClient] = {}
 _lock = threading.Lock()
@@ -57,7 +60,7 @@ def client_for(
             use_ssh_client=scheme == "ssh",
         )
         client.ping()
-    except docker.errors.DockerException as exc:
+    except ENGINE_ERRORS as exc:
         raise EngineError(
             f"node {node}: Docker engine at {url} does not answer: {_short(exc)}"
         ) from None

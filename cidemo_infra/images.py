@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import docker
@@ -96,14 +96,17 @@ def make_base_image(reporter: Reporter) -> None:
 
 
 def ensure_images(
-    clients: dict[str, docker.DockerClient], names: Iterable[str], reporter: Reporter
+    clients: dict[str, docker.DockerClient],
+    needs: Mapping[str, Iterable[str]],
+    reporter: Reporter,
 ) -> dict[str, str]:
-    """Build each project image once and make it present on every engine; name -> tag."""
+    """Build each project image once, on the first engine, and copy it to every engine that
+    needs it (`needs`: engine -> image names); returns name -> tag."""
     engines = list(clients.items())
     first_name, first = engines[0]
     base = base_image(first, reporter)
     tags: dict[str, str] = {}
-    for name in sorted(set(names)):
+    for name in sorted({n for names in needs.values() for n in names}):
         if not (IMAGES_DIR / name / "Dockerfile").is_file():
             raise UsageError(f"project image {name!r}: no infra/images/{name}/Dockerfile")
         parent = _OWN_BASE.get(name) or base
@@ -111,7 +114,7 @@ def ensure_images(
         if not _has(first, tag):
             _build(first, first_name, name, tag, parent, reporter)
         for engine_name, client in engines[1:]:
-            if not _has(client, tag):
+            if name in needs.get(engine_name, ()) and not _has(client, tag):
                 with reporter.progress(f"copying {tag} to engine {engine_name}"):
                     client.images.load(first.images.get(tag).save(named=True))
         tags[name] = tag

@@ -32,6 +32,7 @@ from cidemo_infra.placement.specs import (
     desired_specs,
     image_refs,
     network_specs,
+    roles_by_engine,
 )
 from cidemo_infra.registry.keys import Registry, guard_key
 from cidemo_infra.render.site_files import render_site
@@ -114,7 +115,11 @@ def _secrets(state: StateDir) -> dict[str, str]:
 
 
 def _resolve_images(
-    site: Site, clients: dict[str, docker.DockerClient], reporter: Reporter, build: bool
+    site: Site,
+    inventory: Inventory,
+    clients: dict[str, docker.DockerClient],
+    reporter: Reporter,
+    build: bool,
 ) -> dict[str, str]:
     refs = image_refs(site)
     project = {
@@ -122,8 +127,10 @@ def _resolve_images(
         for role, ref in refs.items()
         if project_images.is_project_image(ref)
     }
+    placed = roles_by_engine(site, inventory)
     if build:
-        tags = project_images.ensure_images(clients, project.values(), reporter)
+        needs = {e: {project[r] for r in roles if r in project} for e, roles in placed.items()}
+        tags = project_images.ensure_images(clients, needs, reporter)
     else:
         base = project_images.planned_base(next(iter(clients.values())))
         tags = {
@@ -132,9 +139,9 @@ def _resolve_images(
         }
     resolved = {role: tags[project[role]] if role in project else ref for role, ref in refs.items()}
     if build:
-        _pull_missing(
-            clients, [ref for role, ref in resolved.items() if role not in project], reporter
-        )
+        for engine, roles in placed.items():
+            pulled = [resolved[r] for r in roles if r in resolved and r not in project]
+            _pull_missing({engine: clients[engine]}, pulled, reporter)
     return resolved
 
 
@@ -178,7 +185,7 @@ def _jenkins_url(site: Site, inventory: Inventory) -> str | None:
 
 
 @dataclass
-class _Session:
+class Session:
     """Everything one command needs to plan and act on the placed services."""
 
     site: Site
@@ -210,11 +217,16 @@ class _Session:
         )
 
 
-def _session(site: Site, state: StateDir, reporter: Reporter, build: bool) -> _Session:
+def open_session(site: Site, state: StateDir, reporter: Reporter, build: bool) -> Session:
     inventory = _inventory(site, state)
     clients = _clients(site, inventory)
-    return _Session(
-        site, state, inventory, clients, reporter, _resolve_images(site, clients, reporter, build)
+    return Session(
+        site,
+        state,
+        inventory,
+        clients,
+        reporter,
+        _resolve_images(site, inventory, clients, reporter, build),
     )
 
 
@@ -223,7 +235,7 @@ def plan(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> Pla
         from cidemo_infra.targets.openstack import plan_infrastructure
 
         return PlanResult(infrastructure=plan_infrastructure(site, state, site_path, reporter))
-    session = _session(site, state, reporter, build=False)
+    session = open_session(site, state, reporter, build=False)
     return PlanResult(actions=session.actions())
 
 
@@ -243,7 +255,7 @@ def provision(
         if not provision_infrastructure(site, state, site_path, reporter, dry_run=dry_run, yes=yes):
             return
     with state.lock(lock_wait):
-        session = _session(site, state, reporter, build=not dry_run)
+        session = open_session(site, state, reporter, build=not dry_run)
         actions = session.actions()
         if dry_run:
             PlanResult(actions=actions).print(reporter)
@@ -265,7 +277,7 @@ def provision(
         raise PlacementError(f"provisioned, but smoke checks failed: {failed}")
 
 
-def _prepare_galera(session: _Session) -> str | None:
+def _prepare_galera(session: Session) -> str | None:
     """If the cluster existed and no member is alive, pick the member to bootstrap from."""
     site = session.site
     registry = _registry(site, session.inventory)
@@ -283,7 +295,7 @@ def _prepare_galera(session: _Session) -> str | None:
     return _recover_guard(session, members, registry)
 
 
-def _recover_guard(session: _Session, members: list[ContainerSpec], registry: Registry) -> str:
+def _recover_guard(session: Session, members: list[ContainerSpec], registry: Registry) -> str:
     reporter = session.reporter
     for spec in members:  # a member waiting to join must not race the recovery
         try:
@@ -321,7 +333,7 @@ def recover(
     site: Site, state: StateDir, reporter: Reporter, *, yes: bool, lock_wait: float
 ) -> None:
     with state.lock(lock_wait):
-        session = _session(site, state, reporter, build=True)
+        session = open_session(site, state, reporter, build=True)
         members = [s for s in session.specs if s.role == "galera"]
         alive = []
         for spec in members:
@@ -351,7 +363,7 @@ def recover(
         )
 
 
-def _smoke(session: _Session) -> Report:
+def _smoke(session: Session) -> Report:
     return run_smoke(
         SmokeContext(
             registry=_registry(session.site, session.inventory),
@@ -366,10 +378,10 @@ def _smoke(session: _Session) -> Report:
 
 
 def smoke(site: Site, state: StateDir, reporter: Reporter) -> Report:
-    return _smoke(_session(site, state, reporter, build=False))
+    return _smoke(open_session(site, state, reporter, build=False))
 
 
-def _print_endpoints(session: _Session) -> None:
+def _print_endpoints(session: Session) -> None:
     site, inv, reporter = session.site, session.inventory, session.reporter
     rw_host, rw_port = _rw_endpoint(site, inv)
     ro_port = site.services.proxy.ro_port if site.target == "local" else 4008
@@ -488,12 +500,21 @@ def _remove_labelled(
 
 
 def build_images(site: Site, reporter: Reporter, base_only: bool) -> list[str]:
-    inventory = local_inventory(site) if site.target == "local" else None
-    if inventory is None:
-        clients = {"local": client_for("unix:///var/run/docker.sock", node="this machine")}
-    else:
+    """Build the site's project images: on its engines (local), or on this machine's engine."""
+    if site.target == "local":
+        inventory = local_inventory(site)
         clients = _clients(site, inventory)
+    else:
+        clients = {"local": client_for("unix:///var/run/docker.sock", node="this machine")}
     if base_only:
         return [project_images.base_image(next(iter(clients.values())), reporter)]
-    resolved = _resolve_images(site, clients, reporter, build=True)
+    if site.target != "local":
+        names = {
+            ref.removeprefix(project_images.PROJECT_PREFIX)
+            for ref in image_refs(site).values()
+            if project_images.is_project_image(ref)
+        }
+        tags = project_images.ensure_images(clients, {"local": names}, reporter)
+        return [f"{name}: {tag}" for name, tag in sorted(tags.items())]
+    resolved = _resolve_images(site, inventory, clients, reporter, build=True)
     return [f"{role}: {ref}" for role, ref in sorted(resolved.items())]

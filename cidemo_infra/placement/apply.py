@@ -17,7 +17,7 @@ import docker.errors
 import docker.types
 
 from cidemo_infra.console import Reporter
-from cidemo_infra.engines import engine_error
+from cidemo_infra.engines import ENGINE_ERRORS, engine_error
 from cidemo_infra.errors import PlacementError
 from cidemo_infra.galera.member import member_status
 from cidemo_infra.placement.plan import Action
@@ -67,7 +67,7 @@ class Executor:
                 else:
                     client.api.start(action.name)
                 self._gate(client, action.spec)
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise engine_error(action.node, f"{action.kind} {action.name}", exc) from None
 
     def _create_network(self, client: docker.DockerClient, net: NetworkSpec) -> None:
@@ -91,7 +91,11 @@ class Executor:
         except docker.errors.NotFound:
             pass
 
-    def _create(self, client: docker.DockerClient, spec: ContainerSpec) -> None:
+    def create(self, spec: ContainerSpec, start: bool = True) -> str:
+        """Create one container from its spec, secrets copied in; start it unless told not to."""
+        return self._create(self.clients[spec.engine], spec, start)
+
+    def _create(self, client: docker.DockerClient, spec: ContainerSpec, start: bool = True) -> str:
         api = client.api
         for volume, _ in spec.volumes:
             try:
@@ -134,7 +138,9 @@ class Executor:
         )
         if spec.secrets:
             api.put_archive(created["Id"], "/etc", self._secrets_tar(spec))
-        api.start(created["Id"])
+        if start:
+            api.start(created["Id"])
+        return str(created["Id"])
 
     def _secrets_tar(self, spec: ContainerSpec) -> bytes:
         buf = io.BytesIO()

@@ -127,6 +127,16 @@ def image_refs(site: Site) -> dict[str, str]:
     return refs
 
 
+def roles_by_engine(site: Site, inventory: Inventory) -> dict[str, set[str]]:
+    """Which roles run on which engine (to know where each image must be present)."""
+    out: dict[str, set[str]] = {}
+    standalone = inventory.of_role("standalone")[0]
+    out.setdefault(standalone.engine, set()).update(("etcd", "dbproxy", "jenkins"))
+    for node in inventory.of_role("deis")[: site.services.galera.members]:
+        out.setdefault(node.engine, set()).add("galera")
+    return out
+
+
 def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> list[ContainerSpec]:
     """Every container the site wants, in the order they must come up; `images`: role -> ref."""
     local = site.target == "local"

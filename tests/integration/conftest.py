@@ -86,6 +86,7 @@ def make_site(client: docker.DockerClient, tmp: Path, **overrides: Any) -> TestS
     }
     for key, value in overrides.items():
         data[key] = value
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return TestSite(name, path, tmp / "state", data)
@@ -109,8 +110,6 @@ def site_factory(engine: docker.DockerClient, tmp_path: Path) -> Iterator[Any]:
 
     def factory(**overrides: Any) -> TestSite:
         site = make_site(engine, tmp_path / f"s{len(made)}", **overrides)
-        site.path.parent.mkdir(parents=True, exist_ok=True)
-        site.path.write_text(yaml.safe_dump(site.data))
         made.append(site)
         return site
 

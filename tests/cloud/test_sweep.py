@@ -1,0 +1,89 @@
+"""The sweep after a half-applied site: exactly the site's resources, never another site's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from openstack.connection import Connection
+
+from cidemo_infra.cloud import find, sweep, wait_for_servers
+from cidemo_infra.site import Site
+from tests.cloud.sdk_stack import (
+    Stack,
+    boot_server,
+    create_floating_ip,
+    create_keypair,
+    create_network,
+    create_port,
+    create_security_groups,
+    create_server_group,
+    tags,
+)
+
+pytestmark = pytest.mark.cloud
+
+
+def test_a_half_applied_site_is_swept_exactly_and_strays_survive(
+    conn: Connection,
+    make_site: Callable[..., Site],
+    new_site_name: Callable[[], str],
+    public_key: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    site = make_site()
+    stack = Stack(site)
+    create_network(conn, stack)
+    create_security_groups(conn, stack)
+    create_keypair(conn, stack, public_key)
+    create_server_group(conn, stack)
+    first, second = site.nodes[0], site.nodes[1]
+    create_port(conn, stack, first)
+    create_port(conn, stack, second)
+    boot_server(conn, stack, first)
+    wait_for_servers(conn, [f"{site.name}-{first.name}"], timeout=120)
+    create_floating_ip(conn, stack, first)
+
+    other = make_site(name=new_site_name())
+    stray_net = conn.network.create_network(name=f"{other.name}-net")
+    conn.network.set_tags(stray_net, tags(other))
+    stray_key = conn.compute.create_keypair(name=f"{other.name}-key", public_key=public_key)
+    # the name says this site, the tag says the other one: the tag wins
+    tagged = conn.network.create_network(name=f"{site.name}-borrowed")
+    conn.network.set_tags(tagged, tags(other))
+    # a prefix of the site name, without the dash, is another site
+    lookalike = conn.network.create_security_group(name=f"{site.name}x-public")
+    request.addfinalizer(lambda: conn.network.delete_security_group(lookalike))
+
+    expected = {
+        ("server", f"{site.name}-{first.name}"),
+        ("floating_ip", f"{site.name}-{first.name}"),
+        ("port", f"{site.name}-{first.name}"),
+        ("port", f"{site.name}-{second.name}"),
+        ("router", f"{site.name}-router"),
+        ("subnet", f"{site.name}-subnet"),
+        ("network", f"{site.name}-net"),
+        ("security_group", f"{site.name}-public"),
+        ("security_group", f"{site.name}-cluster"),
+        ("server_group", f"{site.name}-deis"),
+        ("keypair", site.ssh.key_name),
+    }
+
+    found = sweep(conn, site.name, delete=False, key_name=site.ssh.key_name)
+    assert {(leak.kind, leak.name) for leak in found} == expected
+    assert conn.compute.get_server(stack.servers[first.name].id).status == "ACTIVE"
+
+    removed = sweep(conn, site.name, delete=True, key_name=site.ssh.key_name)
+
+    assert removed == found
+    assert find(conn, site.name, key_name=site.ssh.key_name) == []
+    assert sweep(conn, site.name, delete=True, key_name=site.ssh.key_name) == []
+    assert conn.network.get_network(stray_net.id).name == f"{other.name}-net"
+    assert conn.network.get_network(tagged.id).name == f"{site.name}-borrowed"
+    assert conn.network.get_security_group(lookalike.id).name == f"{site.name}x-public"
+    assert conn.compute.find_keypair(stray_key.name) is not None
+    assert {(leak.kind, leak.name) for leak in find(conn, other.name, key_name=stray_key.name)} == {
+        ("network", f"{other.name}-net"),
+        ("network", f"{site.name}-borrowed"),
+        ("keypair", stray_key.name),
+    }
