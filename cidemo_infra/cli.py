@@ -98,11 +98,16 @@ def render(obj: Context, site_path: str, state_dir: str | None) -> None:
 @site_option
 @state_option
 @json_option
+@click.option(
+    "--services-only", is_flag=True, help="openstack: plan the containers only, not Terraform"
+)
 @click.pass_obj
-def plan(obj: Context, site_path: str, state_dir: str | None, as_json: bool) -> None:
+def plan(
+    obj: Context, site_path: str, state_dir: str | None, as_json: bool, services_only: bool
+) -> None:
     """Show what provision would change; exit 3 when there are changes, 0 when none."""
     site, state = _load(site_path, state_dir)
-    result = lifecycle.plan(site, state, site_path, obj.reporter)
+    result = lifecycle.plan(site, state, site_path, obj.reporter, services_only=services_only)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:
@@ -135,6 +140,7 @@ def provision(
 @yes_option
 @lock_option
 @click.option("--purge", is_flag=True, help="also remove the site's volumes (database data)")
+@click.option("--sweep", is_flag=True, help="openstack: delete resources Terraform left behind")
 @click.pass_obj
 def destroy(
     obj: Context,
@@ -144,6 +150,7 @@ def destroy(
     yes: bool,
     lock_wait: float,
     purge: bool,
+    sweep: bool,
 ) -> None:
     """Remove exactly what carries the site's label (volumes only with --purge)."""
     site, state = _load(site_path, state_dir)
@@ -156,6 +163,7 @@ def destroy(
         yes=_is_yes(yes),
         lock_wait=lock_wait,
         purge=purge,
+        sweep=sweep,
     )
 
 

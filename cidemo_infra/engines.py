@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import docker
@@ -35,12 +36,7 @@ def client_for(
     scheme = url.split("://", 1)[0]
     if scheme == "tcp":
         if tls_dir:
-            d = Path(tls_dir)
-            tls = docker.tls.TLSConfig(
-                client_cert=(str(d / "cert.pem"), str(d / "key.pem")),
-                ca_cert=str(d / "ca.pem"),
-                verify=True,
-            )
+            tls = tls_config(Path(tls_dir), node)
         elif not allow_plain_tcp:
             raise EngineError(
                 f"node {node}: refusing plain {url} without TLS; give a TLS "
@@ -59,6 +55,9 @@ def client_for(
             timeout=timeout,
             use_ssh_client=scheme == "ssh",
         )
+        # requests lets REQUESTS_CA_BUNDLE (and proxy variables) override the site's CA for every
+        # request; an engine is verified against the site's CA and reached directly, nothing else.
+        client.api.trust_env = False
         client.ping()
     except ENGINE_ERRORS as exc:
         raise EngineError(
@@ -67,6 +66,36 @@ def client_for(
     with _lock:
         _clients[key] = client
     return client
+
+
+def unique_clients(clients: Mapping[str, docker.DockerClient]) -> dict[str, docker.DockerClient]:
+    """One entry per daemon: several engine names can reach one daemon (clients are cached per
+    URL), and a daemon listed twice would be read, counted or cleaned twice."""
+    out: dict[str, docker.DockerClient] = {}
+    for engine, client in clients.items():
+        if all(client is not other for other in out.values()):
+            out[engine] = client
+    return out
+
+
+def tls_config(folder: Path, node: str) -> docker.tls.TLSConfig:
+    """Client TLS from `folder`: the site's PKI layout (client-cert.pem, client-key.pem) or the
+    Docker CLI's (cert.pem, key.pem), with the CA in ca.pem; the engine's cert is verified."""
+    for cert, key in (("client-cert.pem", "client-key.pem"), ("cert.pem", "key.pem")):
+        if (folder / cert).is_file() and (folder / key).is_file():
+            break
+    else:
+        raise EngineError(
+            f"node {node}: no client certificate in {folder} (client-cert.pem + "
+            "client-key.pem, or cert.pem + key.pem)"
+        )
+    if not (folder / "ca.pem").is_file():
+        raise EngineError(f"node {node}: no CA certificate {folder / 'ca.pem'}")
+    return docker.tls.TLSConfig(
+        client_cert=(str(folder / cert), str(folder / key)),
+        ca_cert=str(folder / "ca.pem"),
+        verify=True,
+    )
 
 
 def _short(exc: BaseException) -> str:

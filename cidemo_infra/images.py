@@ -21,6 +21,7 @@ from cidemo_infra.errors import EngineError, UsageError
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO / "infra" / "images"
 PROJECT_PREFIX = "project:"
+LOCAL_ENGINE = "unix:///var/run/docker.sock"
 UPSTREAM_BASE = "debian:bookworm-slim"
 LOCAL_BASE = "cidemo/debian:bookworm-slim"
 # Images whose Dockerfile starts from something other than the Debian base (not buildable here).
@@ -77,10 +78,17 @@ def base_image(client: docker.DockerClient, reporter: Reporter) -> str:
             client.images.pull(UPSTREAM_BASE)
         return UPSTREAM_BASE
     except docker.errors.APIError:
+        pass
+    # debootstrap imports into this machine's engine; another engine gets a copy from there
+    here = docker.DockerClient(base_url=LOCAL_ENGINE, version="1.41")
+    if not _has(here, LOCAL_BASE):
         reporter.step(
             f"no registry answers for {UPSTREAM_BASE}; building {LOCAL_BASE} with debootstrap"
         )
-    make_base_image(reporter)
+        make_base_image(reporter)
+    if not _has(client, LOCAL_BASE):
+        with reporter.progress(f"copying {LOCAL_BASE} to the build engine"):
+            client.images.load(here.images.get(LOCAL_BASE).save(named=True))
     return LOCAL_BASE
 
 

@@ -5,6 +5,7 @@ Planning is pure (placement.plan, render); only the executors called from here t
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from cidemo_infra import images as project_images
 from cidemo_infra.checks.report import Report
 from cidemo_infra.checks.smoke import SmokeContext, run_smoke
 from cidemo_infra.console import Reporter
-from cidemo_infra.engines import client_for, engine_error
-from cidemo_infra.errors import EngineError, PlacementError, UsageError
+from cidemo_infra.engines import client_for, engine_error, unique_clients
+from cidemo_infra.errors import CloudError, EngineError, PlacementError, UsageError
 from cidemo_infra.galera.member import member_status
 from cidemo_infra.galera.recovery import choose_bootstrap, move_guard, read_position
 from cidemo_infra.inventory import Inventory
@@ -26,9 +27,12 @@ from cidemo_infra.placement.apply import Executor
 from cidemo_infra.placement.observe import observe
 from cidemo_infra.placement.plan import Action, diff
 from cidemo_infra.placement.specs import (
+    JENKINS_PORT,
     LABEL_SITE,
+    PROXY_RO_PORT,
     PROXY_RW_PORT,
     ContainerSpec,
+    container_name,
     desired_specs,
     image_refs,
     network_specs,
@@ -39,6 +43,7 @@ from cidemo_infra.render.site_files import render_site
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 from cidemo_infra.targets.local import local_inventory
+from cidemo_infra.tunnel import ExecTunnel
 
 SECRETS = {  # name in the state dir -> environment variable that may supply it instead
     "root_password": "CIDEMO_DB_ROOT_PASSWORD",
@@ -100,13 +105,21 @@ def _inventory(site: Site, state: StateDir) -> Inventory:
     return saved
 
 
-def _clients(site: Site, inventory: Inventory) -> dict[str, docker.DockerClient]:
+def _clients(site: Site, inventory: Inventory, wait: float = 0) -> dict[str, docker.DockerClient]:
+    """A client per engine; with `wait`, engines that do not answer yet (nodes still booting) are
+    retried until that many seconds have passed."""
     clients: dict[str, docker.DockerClient] = {}
+    deadline = time.monotonic() + wait
     for node in inventory.nodes:
-        if node.engine not in clients:
-            clients[node.engine] = client_for(
-                node.docker_url, node.tls_dir, site.docker.allow_plain_tcp, node=node.name
-            )
+        while node.engine not in clients:
+            try:
+                clients[node.engine] = client_for(
+                    node.docker_url, node.tls_dir, site.docker.allow_plain_tcp, node=node.name
+                )
+            except EngineError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(2)
     return clients
 
 
@@ -163,25 +176,8 @@ def _pull_missing(
                         ) from None
 
 
-def _registry(site: Site, inventory: Inventory) -> Registry:
-    return Registry(inventory.etcd_url, site.services.etcd.prefix)
-
-
-def _rw_endpoint(site: Site, inventory: Inventory) -> tuple[str, int]:
-    if site.target == "local":
-        return "127.0.0.1", site.services.proxy.rw_port
-    standalone = inventory.of_role("standalone")[0]
-    return standalone.public_ip or standalone.private_ip, PROXY_RW_PORT
-
-
-def _jenkins_url(site: Site, inventory: Inventory) -> str | None:
-    if not site.services.jenkins.enabled:
-        return None
-    standalone = inventory.of_role("standalone")[0]
-    host = (
-        "127.0.0.1" if site.target == "local" else (standalone.public_ip or standalone.private_ip)
-    )
-    return f"http://{host}:{site.services.jenkins.port}/login"
+INFRA_ROLES = ("network", "etcd", "gateway")  # placed before anything that needs etcd
+SERVICE_PORTS = {"etcd": 2379, "rw": PROXY_RW_PORT, "ro": PROXY_RO_PORT, "jenkins": JENKINS_PORT}
 
 
 @dataclass
@@ -194,32 +190,72 @@ class Session:
     clients: dict[str, docker.DockerClient]
     reporter: Reporter
     images: dict[str, str]
+    _tunnels: dict[str, ExecTunnel] = field(default_factory=dict)
 
     @property
     def specs(self) -> list[ContainerSpec]:
         return desired_specs(self.site, self.inventory, self.images)
 
     def actions(self) -> list[Action]:
-        observed, observed_networks = observe(self.site.name, self.clients)
+        node_engines = {n.name: n.engine for n in self.inventory.nodes}
+        observed, observed_networks = observe(self.site.name, self.clients, node_engines)
         observed = [o for o in observed if o.role != "galera-position"]
         return diff(self.specs, network_specs(self.site), observed, observed_networks)
+
+    def endpoint(self, service: str) -> tuple[str, int]:
+        """Where the tool reaches `service` (etcd, rw, ro, jenkins) from this machine."""
+        site = self.site
+        if site.target == "local":
+            proxy = site.services.proxy
+            ports = {
+                "etcd": site.services.etcd.port,
+                "rw": proxy.rw_port,
+                "ro": proxy.ro_port,
+                "jenkins": site.services.jenkins.port,
+            }
+            return "127.0.0.1", ports[service]
+        if service not in self._tunnels:
+            standalone = self.inventory.of_role("standalone")[0]
+            self._tunnels[service] = ExecTunnel(
+                self.clients[standalone.engine],
+                container_name(site, "gateway"),
+                f"{standalone.private_ip}:{SERVICE_PORTS[service]}",
+                standalone.name,
+            )
+        return self._tunnels[service].address
+
+    def registry(self) -> Registry:
+        host, port = self.endpoint("etcd")
+        return Registry(f"http://{host}:{port}", self.site.services.etcd.prefix)
+
+    def jenkins_url(self) -> str | None:
+        if not self.site.services.jenkins.enabled:
+            return None
+        host, port = self.endpoint("jenkins")
+        return f"http://{host}:{port}/login"
+
+    def close(self) -> None:
+        for tunnel in self._tunnels.values():
+            tunnel.close()
 
     def executor(self) -> Executor:
         return Executor(
             site=self.site.name,
             clients=self.clients,
             secrets=_secrets(self.state),
-            registry=lambda: _registry(self.site, self.inventory),
+            registry=self.registry,
             reporter=self.reporter,
             health_timeout=float(self.site.timeouts.health),
             galera_members=self.site.services.galera.members,
-            local_urls={"jenkins": _jenkins_url(self.site, self.inventory) or ""},
+            jenkins_url=self.jenkins_url,
         )
 
 
-def open_session(site: Site, state: StateDir, reporter: Reporter, build: bool) -> Session:
+def open_session(
+    site: Site, state: StateDir, reporter: Reporter, build: bool, wait: float = 0
+) -> Session:
     inventory = _inventory(site, state)
-    clients = _clients(site, inventory)
+    clients = _clients(site, inventory, wait)
     return Session(
         site,
         state,
@@ -230,13 +266,23 @@ def open_session(site: Site, state: StateDir, reporter: Reporter, build: bool) -
     )
 
 
-def plan(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> PlanResult:
-    if site.target == "openstack":
+def plan(
+    site: Site, state: StateDir, site_path: str, reporter: Reporter, services_only: bool = False
+) -> PlanResult:
+    """Terraform's changes (openstack) and the containers' actions (once nodes exist)."""
+    result = PlanResult()
+    if site.target == "openstack" and not services_only:
         from cidemo_infra.targets.openstack import plan_infrastructure
 
-        return PlanResult(infrastructure=plan_infrastructure(site, state, site_path, reporter))
+        result.infrastructure = plan_infrastructure(site, state, site_path, reporter)
+        if not state.inventory_file.exists():
+            return result  # no nodes yet: every container is still to be created
     session = open_session(site, state, reporter, build=False)
-    return PlanResult(actions=session.actions())
+    try:
+        result.actions = session.actions()
+    finally:
+        session.close()
+    return result
 
 
 def provision(
@@ -254,24 +300,35 @@ def provision(
 
         if not provision_infrastructure(site, state, site_path, reporter, dry_run=dry_run, yes=yes):
             return
+    place_services(site, state, reporter, dry_run=dry_run, lock_wait=lock_wait)
+
+
+def place_services(
+    site: Site, state: StateDir, reporter: Reporter, *, dry_run: bool, lock_wait: float
+) -> None:
+    """Place and check the service tier on the inventory's engines (after the infrastructure)."""
+    wait = site.timeouts.docker if site.target == "openstack" else 0
     with state.lock(lock_wait):
-        session = open_session(site, state, reporter, build=not dry_run)
-        actions = session.actions()
-        if dry_run:
-            PlanResult(actions=actions).print(reporter)
-            return
-        if not actions:
-            reporter.line("no changes: the site is converged (0 actions)")
-        else:
-            executor = session.executor()
-            first = [a for a in actions if a.role in ("network", "etcd")]
-            executor.apply(first)
-            bootstrap = _prepare_galera(session)
-            executor.apply(_bootstrap_first(session.actions(), bootstrap))
-        session.inventory.save(state.inventory_file)
-        report = _smoke(session)
-    report.print(reporter)
-    _print_endpoints(session)
+        session = open_session(site, state, reporter, build=not dry_run, wait=wait)
+        try:
+            actions = session.actions()
+            if dry_run:
+                PlanResult(actions=actions).print(reporter)
+                return
+            if not actions:
+                reporter.line("no changes: the site is converged (0 actions)")
+            else:
+                executor = session.executor()
+                executor.apply([a for a in actions if a.role in INFRA_ROLES])
+                session.registry().wait_healthy(site.timeouts.etcd)
+                bootstrap = _prepare_galera(session)
+                executor.apply(_bootstrap_first(session.actions(), bootstrap))
+            session.inventory.save(state.inventory_file)
+            report = _smoke(session)
+            report.print(reporter)
+            _print_endpoints(session)
+        finally:
+            session.close()
     if not report.passed:
         failed = ", ".join(c.name for c in report.failed())
         raise PlacementError(f"provisioned, but smoke checks failed: {failed}")
@@ -280,7 +337,7 @@ def provision(
 def _prepare_galera(session: Session) -> str | None:
     """If the cluster existed and no member is alive, pick the member to bootstrap from."""
     site = session.site
-    registry = _registry(site, session.inventory)
+    registry = session.registry()
     if registry.get(guard_key(registry.prefix, site.services.galera.cluster_name)) is None:
         return None
     members = [s for s in session.specs if s.role == "galera"]
@@ -323,9 +380,9 @@ def _bootstrap_first(actions: list[Action], node: str | None) -> list[Action]:
         return actions
     first = [a for a in actions if a.role == "galera" and a.node == node]
     return (
-        [a for a in actions if a.role in ("network", "etcd")]
+        [a for a in actions if a.role in INFRA_ROLES]
         + first
-        + [a for a in actions if a.role not in ("network", "etcd") and a not in first]
+        + [a for a in actions if a.role not in INFRA_ROLES and a not in first]
     )
 
 
@@ -351,7 +408,7 @@ def recover(
             default=False,
         ):
             raise click.exceptions.Abort
-        registry = _registry(site, session.inventory)
+        registry = session.registry()
         registry.wait_healthy(site.timeouts.etcd)
         best = _recover_guard(session, members, registry)
         session.executor().apply(_bootstrap_first(session.actions(), best))
@@ -366,12 +423,12 @@ def recover(
 def _smoke(session: Session) -> Report:
     return run_smoke(
         SmokeContext(
-            registry=_registry(session.site, session.inventory),
+            registry=session.registry(),
             clients=session.clients,
             specs=session.specs,
-            rw_endpoint=_rw_endpoint(session.site, session.inventory),
+            rw_endpoint=session.endpoint("rw"),
             root_password=_secrets(session.state)["root_password"],
-            jenkins_url=_jenkins_url(session.site, session.inventory),
+            jenkins_url=session.jenkins_url(),
             ttl=session.site.services.galera.ttl,
         )
     )
@@ -382,25 +439,29 @@ def smoke(site: Site, state: StateDir, reporter: Reporter) -> Report:
 
 
 def _print_endpoints(session: Session) -> None:
-    site, inv, reporter = session.site, session.inventory, session.reporter
-    rw_host, rw_port = _rw_endpoint(site, inv)
-    ro_port = site.services.proxy.ro_port if site.target == "local" else 4008
+    """local: where to connect from here; openstack: the node-private addresses (reached from
+    the cluster, or by the tool through the gateway container)."""
+    site = session.site
+    if site.target == "local":
+        where = {name: session.endpoint(name) for name in SERVICE_PORTS}
+    else:
+        standalone = session.inventory.of_role("standalone")[0].private_ip
+        where = {name: (standalone, port) for name, port in SERVICE_PORTS.items()}
     rows = [
-        ["proxy read-write", f"mysql://{rw_host}:{rw_port}"],
-        ["proxy read-only", f"mysql://{rw_host}:{ro_port}"],
-        ["etcd", inv.etcd_url],
+        ["proxy read-write", "mysql://{}:{}".format(*where["rw"])],
+        ["proxy read-only", "mysql://{}:{}".format(*where["ro"])],
+        ["etcd", "http://{}:{}".format(*where["etcd"])],
     ]
-    jenkins = _jenkins_url(site, inv)
-    if jenkins:
-        rows.append(["jenkins", jenkins.removesuffix("/login")])
+    if site.services.jenkins.enabled:
+        rows.append(["jenkins", "http://{}:{}".format(*where["jenkins"])])
     rows.append(["secrets", str(session.state.secrets_dir)])
-    reporter.table(["endpoint", "address"], rows)
+    session.reporter.table(["endpoint", "address"], rows)
 
 
 def status(site: Site, state: StateDir) -> list[dict[str, str]]:
     inventory = _inventory(site, state)
     clients = _clients(site, inventory)
-    observed, _ = observe(site.name, clients)
+    observed, _ = observe(site.name, clients, {n.name: n.engine for n in inventory.nodes})
     rows = []
     for obs in observed:
         image = clients[obs.engine].api.inspect_container(obs.name)["Config"]["Image"]
@@ -427,36 +488,67 @@ def destroy(
     yes: bool,
     lock_wait: float,
     purge: bool,
+    sweep: bool = False,
 ) -> None:
-    if site.target == "openstack":
-        from cidemo_infra.targets.openstack import destroy_infrastructure
-
-        destroy_infrastructure(site, state, site_path, reporter, dry_run=dry_run, yes=yes)
-        return
-    inventory = _inventory(site, state)
-    clients = _clients(site, inventory)
+    """Services first (where the engines answer), then the infrastructure, then the leak sweep."""
+    openstack = site.target == "openstack"
     with state.lock(lock_wait):
-        doomed = _labelled(site.name, clients, purge)
-        if not any(doomed.values()):
-            reporter.line(f"no changes: nothing carries the label {LABEL_SITE}={site.name}")
-            return
+        clients = _answering_clients(site, state, reporter)
+        doomed = _labelled(site.name, clients, purge or openstack)
         for kind, items in doomed.items():
             for engine, name in items:
                 reporter.line(f"remove {kind} {name} (engine {engine})")
-        if dry_run:
-            return
-        if not yes and not click.confirm(
-            f"Remove everything of site '{site.name}'"
-            + (" including its data volumes" if purge else "")
-            + "?",
-            default=False,
-        ):
-            raise click.exceptions.Abort
-        _remove_labelled(clients, doomed)
-        state.inventory_file.unlink(missing_ok=True)
-    reporter.line(
-        f"destroyed site '{site.name}'" + ("" if purge else "; data volumes kept (use --purge)")
-    )
+        infrastructure = None
+        if openstack:
+            from cidemo_infra.targets import openstack as target
+
+            infrastructure = target.plan_destroy(site, state, site_path, reporter)
+        if not any(doomed.values()) and not (infrastructure and infrastructure.has_changes):
+            reporter.line(f"no changes: nothing of site '{site.name}' is left")
+        elif not dry_run:
+            what = " including its data volumes" if purge or openstack else ""
+            if not yes and not click.confirm(
+                f"Remove everything of site '{site.name}'{what}?", default=False
+            ):
+                raise click.exceptions.Abort
+            _remove_labelled(clients, doomed)
+            if infrastructure is not None and infrastructure.has_changes:
+                target.destroy_infrastructure(site, state, reporter)
+            state.inventory_file.unlink(missing_ok=True)
+            reporter.line(
+                f"destroyed site '{site.name}'"
+                + ("" if purge or openstack else "; data volumes kept (use --purge)")
+            )
+        if openstack and not dry_run:
+            leaks = target.sweep_leaks(site, reporter, delete=sweep)
+            if leaks and not sweep:
+                raise CloudError(
+                    f"{len(leaks)} resource(s) of site '{site.name}' remain after terraform "
+                    "destroy (listed above); run destroy --sweep to delete them"
+                )
+
+
+def _answering_clients(
+    site: Site, state: StateDir, reporter: Reporter
+) -> dict[str, docker.DockerClient]:
+    """Engines to tear services down on: all of them locally; on a cloud, those that answer
+    (a half-created site may have nodes that never booted)."""
+    if site.target == "local":
+        return _clients(site, local_inventory(site))
+    inventory = Inventory.load(state.inventory_file)
+    clients: dict[str, docker.DockerClient] = {}
+    for node in inventory.nodes if inventory else ():
+        try:
+            clients[node.engine] = client_for(
+                node.docker_url,
+                node.tls_dir,
+                site.docker.allow_plain_tcp,
+                node=node.name,
+                timeout=10,
+            )
+        except EngineError as exc:
+            reporter.step(f"skipping services on {node.name}: {exc}")
+    return clients
 
 
 def _labelled(
@@ -464,7 +556,7 @@ def _labelled(
 ) -> dict[str, list[tuple[str, str]]]:
     found: dict[str, list[tuple[str, str]]] = {"container": [], "network": [], "volume": []}
     flt = {"label": f"{LABEL_SITE}={site}"}
-    for engine, client in clients.items():
+    for engine, client in unique_clients(clients).items():
         found["container"] += [
             (engine, c["Names"][0].lstrip("/"))
             for c in client.api.containers(all=True, filters=flt)

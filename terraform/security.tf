@@ -21,6 +21,10 @@ locals {
     swarm_gossip_tcp    = { port = 7946, protocol = "tcp" }
     swarm_gossip_udp    = { port = 7946, protocol = "udp" }
     swarm_overlay_vxlan = { port = 4789, protocol = "udp" }
+    # apps on the Deis nodes reach the database proxy and Jenkins on the standalone node
+    proxy_read_write = { port = 4006, protocol = "tcp" }
+    proxy_read_only  = { port = 4008, protocol = "tcp" }
+    jenkins_http     = { port = 8080, protocol = "tcp" }
   }
 }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from keystoneauth1 import exceptions as ksa
 
@@ -33,7 +35,7 @@ def connect(cloud: str) -> Connection:
     except ksa.ClientException as exc:
         raise CloudError(f"cloud '{cloud}': invalid auth settings: {exc}") from None
     auth = dict(conn.config.auth)
-    secrets = [str(v) for k, v in auth.items() if any(s in k for s in _SECRET_KEYS) and v]
+    secrets = secret_values(auth)
     auth_url = auth.get("auth_url", "?")
     try:
         conn.session.get_token()
@@ -58,6 +60,26 @@ def connect(cloud: str) -> Connection:
             f"(needed: {', '.join(REQUIRED_SERVICES)})"
         )
     return conn
+
+
+@contextmanager
+def cloud_errors(conn: Connection, doing: str) -> Iterator[None]:
+    """Turn an API failure while `doing` something into one `CloudError` line, secrets removed."""
+    from openstack import exceptions as sdk
+
+    try:
+        yield
+    except (sdk.SDKException, ksa.ClientException) as exc:
+        text = _redact(_short(exc), secret_values(conn.config.auth))
+        raise CloudError(f"cloud '{conn.config.name}': {doing} failed: {text}") from None
+
+
+def secret_values(auth: Mapping[str, Any]) -> list[str]:
+    return [str(v) for k, v in auth.items() if v and any(s in k for s in _SECRET_KEYS)]
+
+
+def redact(text: str, conn: Connection) -> str:
+    return _redact(text, secret_values(conn.config.auth))
 
 
 def _has_endpoint(conn: Connection, service_type: str) -> bool:

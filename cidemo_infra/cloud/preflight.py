@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from keystoneauth1 import exceptions as ksa
 from openstack import exceptions as sdk
 
+from cidemo_infra.cloud.connect import cloud_errors, redact
 from cidemo_infra.cloud.sweep import find
 from cidemo_infra.errors import CloudError, SiteError
 from cidemo_infra.render.tfvars import read_public_key
@@ -22,10 +23,26 @@ from cidemo_infra.site.model import RoleSpec
 if TYPE_CHECKING:
     from openstack.connection import Connection
 
-# terraform/security.tf: local.public_world_tcp_ports (http, https, deis_builder) and
-# local.cluster_ports (etcd, Docker TLS, Galera, flannel, Swarm); tests check them against the file
-PUBLIC_WORLD_TCP_PORTS = 3
-CLUSTER_PORTS = 12
+# terraform/security.tf's locals, mirrored (tests/unit/test_cloud_units.py compares them with the
+# module): each entry is one ingress rule the module creates for every site.
+PUBLIC_WORLD_TCP_PORTS: dict[str, int] = {"http": 80, "https": 443, "deis_builder": 2222}
+CLUSTER_PORTS: dict[str, tuple[str, int]] = {
+    "etcd_client": ("tcp", 2379),
+    "etcd_peer": ("tcp", 2380),
+    "docker_tls": ("tcp", 2376),
+    "galera_mysql": ("tcp", 3306),
+    "galera_sst": ("tcp", 4444),
+    "galera_replication": ("tcp", 4567),
+    "galera_ist": ("tcp", 4568),
+    "flannel_vxlan": ("udp", 8472),
+    "swarm_manager": ("tcp", 2377),
+    "swarm_gossip_tcp": ("tcp", 7946),
+    "swarm_gossip_udp": ("udp", 7946),
+    "swarm_overlay_vxlan": ("udp", 4789),
+    "proxy_read_write": ("tcp", 4006),
+    "proxy_read_only": ("tcp", 4008),
+    "jenkins_http": ("tcp", 8080),
+}
 SECURITY_GROUPS = ("public", "cluster")
 # Neutron gives every new group an IPv4 and an IPv6 egress rule (the module keeps them)
 DEFAULT_EGRESS_RULES = 2
@@ -94,24 +111,27 @@ def preflight(site: Site, conn: Connection, public_key: str | None = None) -> li
     try:
         conn.authorize()
     except (sdk.SDKException, ksa.ClientException) as exc:
-        return [f"cloud: the credentials of cloud '{cloud}' do not work: {_short(exc)}"]
+        return [
+            f"cloud: the credentials of cloud '{cloud}' do not work: {redact(_short(exc), conn)}"
+        ]
 
-    flavors = {
-        f.name: FlavorSize(f.name, f.ram, f.vcpus, f.disk)
-        for f in conn.compute.flavors(details=True)
-    }
-    images = list(conn.image.images())
-    problems = image_problems(site, images, cloud)
-    problems += flavor_problems(site, flavors, {i.name: i for i in images}, cloud)
-    problems += _network_problems(site, conn, cloud)
-    keypair_exists, key_problems = _keypair_problems(site, conn, public_key)
-    problems += key_problems
+    with cloud_errors(conn, "preflight"):
+        flavors = {
+            f.name: FlavorSize(f.name, f.ram, f.vcpus, f.disk)
+            for f in conn.compute.flavors(details=True)
+        }
+        images = list(conn.image.images())
+        problems = image_problems(site, images, cloud)
+        problems += flavor_problems(site, flavors, {i.name: i for i in images}, cloud)
+        problems += _network_problems(site, conn, cloud)
+        keypair_exists, key_problems = _keypair_problems(site, conn, public_key)
+        problems += key_problems
 
-    existing = {(leak.kind, leak.name) for leak in find(conn, site.name)}
-    needs = quota_needs(site, flavors, existing, keypair_exists=keypair_exists)
-    project = conn.config.auth.get("project_name") or conn.current_project_id
-    where = f"project '{project}' on cloud '{cloud}'"
-    problems += quota_problems(needs, _quotas(conn), where)
+        existing = {(leak.kind, leak.name) for leak in find(conn, site.name)}
+        needs = quota_needs(site, flavors, existing, keypair_exists=keypair_exists)
+        project = conn.config.auth.get("project_name") or conn.current_project_id
+        where = f"project '{project}' on cloud '{cloud}'"
+        problems += quota_problems(needs, _quotas(conn), where)
     return problems
 
 
@@ -120,7 +140,7 @@ def security_group_rule_count(site: Site) -> int:
     admins = {str(cidr) for cidr in site.admin_cidrs}
     ssh_sources = len(admins) or 1  # SSH from the world only when no admin CIDR is named
     docker_tls_admin = len(admins)
-    return PUBLIC_WORLD_TCP_PORTS + ssh_sources + CLUSTER_PORTS + docker_tls_admin
+    return len(PUBLIC_WORLD_TCP_PORTS) + ssh_sources + len(CLUSTER_PORTS) + docker_tls_admin
 
 
 def quota_needs(
@@ -325,7 +345,10 @@ def _keypair_problems(
     site: Site, conn: Connection, public_key: str | None
 ) -> tuple[bool, list[str]]:
     name = site.ssh.key_name
-    keypair = conn.compute.find_keypair(name, ignore_missing=True)
+    try:
+        keypair = conn.compute.find_keypair(name, ignore_missing=False)
+    except sdk.NotFoundException:
+        keypair = None
     if public_key is None:
         try:
             public_key = read_public_key(site, "site")

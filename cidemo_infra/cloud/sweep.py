@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from keystoneauth1 import exceptions as ksa
 from openstack import exceptions as sdk
 
+from cidemo_infra.cloud.connect import cloud_errors
 from cidemo_infra.errors import CloudError
 
 if TYPE_CHECKING:
@@ -83,6 +84,11 @@ def belongs(
 
 def find(conn: Connection, site_name: str, key_name: str | None = None) -> list[Leak]:
     """Every resource of the site in the connection's project, in deletion order."""
+    with cloud_errors(conn, f"listing the resources of site '{site_name}'"):
+        return _find(conn, site_name, key_name)
+
+
+def _find(conn: Connection, site_name: str, key_name: str | None) -> list[Leak]:
     project = conn.current_project_id
     net = conn.network
     leaks: list[Leak] = []

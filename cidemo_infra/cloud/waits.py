@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cidemo_infra.cloud.connect import cloud_errors
 from cidemo_infra.errors import CloudError
 
 if TYPE_CHECKING:
@@ -33,9 +34,10 @@ def wait_for_servers(
     ready: dict[str, Any] = {}
     while True:
         found: dict[str, list[Any]] = {}
-        for server in conn.compute.servers(details=True):
-            if server.name in pending:
-                found.setdefault(server.name, []).append(server)
+        with cloud_errors(conn, "listing servers"):
+            for server in conn.compute.servers(details=True):
+                if server.name in pending:
+                    found.setdefault(server.name, []).append(server)
         for name in sorted(pending):
             servers = found.get(name, [])
             if len(servers) > 1:

@@ -17,7 +17,7 @@ import docker.errors
 import docker.types
 
 from cidemo_infra.console import Reporter
-from cidemo_infra.engines import ENGINE_ERRORS, engine_error
+from cidemo_infra.engines import ENGINE_ERRORS, engine_error, unique_clients
 from cidemo_infra.errors import PlacementError
 from cidemo_infra.galera.member import member_status
 from cidemo_infra.placement.plan import Action
@@ -38,7 +38,7 @@ class Executor:
     reporter: Reporter
     health_timeout: float
     galera_members: int
-    local_urls: Mapping[str, str]  # role -> URL the tool probes (etcd, jenkins) from here
+    jenkins_url: Callable[[], str | None]  # where the tool probes Jenkins from here
 
     def apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -114,9 +114,10 @@ class Executor:
             port_bindings={f"{c}/tcp": (ip, h) for c, ip, h in spec.ports},
             restart_policy={"Name": "unless-stopped"},
             init=True,
+            network_mode="host" if spec.network == "host" else None,
         )
         networking = None
-        if spec.network:
+        if spec.network and spec.network != "host":
             networking = api.create_networking_config(
                 {
                     spec.network: api.create_endpoint_config(
@@ -182,7 +183,7 @@ class Executor:
 
     def _galera_containers(self) -> list[docker.models.containers.Container]:
         found = []
-        for client in self.clients.values():
+        for client in unique_clients(self.clients).values():
             found += client.containers.list(
                 filters={"label": [f"io.cidemo.site={self.site}", "io.cidemo.role=galera"]}
             )
@@ -229,8 +230,10 @@ class Executor:
                 if not ok:
                     return ok, detail
             return True, "registered"
+        if spec.role == "gateway":
+            return container.status == "running", container.status
         if spec.role == "jenkins":
-            url = self.local_urls.get("jenkins")
+            url = self.jenkins_url()
             if url and not http_answers(url):
                 return False, f"{url} does not answer"
             return self._registered("jenkins", spec.name)

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import docker
 
+from cidemo_infra.engines import unique_clients
 from cidemo_infra.placement.plan import ObservedContainer, ObservedNetwork
 from cidemo_infra.placement.specs import LABEL_NODE, LABEL_ROLE, LABEL_SITE, LABEL_SPEC
 
 
 def observe(
-    site: str, clients: dict[str, docker.DockerClient]
+    site: str, clients: Mapping[str, docker.DockerClient], node_engines: Mapping[str, str]
 ) -> tuple[list[ObservedContainer], list[ObservedNetwork]]:
+    """Each daemon is read once, even when several engine names reach it (clients are cached
+    per URL); a container belongs to the engine of the node its label names."""
     containers: list[ObservedContainer] = []
     networks: list[ObservedNetwork] = []
-    for engine, client in clients.items():
+    for engine, client in unique_clients(clients).items():
         for c in client.api.containers(all=True, filters={"label": f"{LABEL_SITE}={site}"}):
             labels = c.get("Labels") or {}
             name = c["Names"][0].lstrip("/")
             detail = client.api.inspect_container(c["Id"])["State"]
+            node = labels.get(LABEL_NODE, "?")
             containers.append(
                 ObservedContainer(
                     name=name,
-                    engine=engine,
-                    node=labels.get(LABEL_NODE, "?"),
+                    engine=node_engines.get(node, engine),
+                    node=node,
                     role=labels.get(LABEL_ROLE, "?"),
                     spec_hash=labels.get(LABEL_SPEC, ""),
                     status=detail.get("Status", c.get("State", "")),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
+import itertools
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -91,14 +91,6 @@ def volume_name(site: Site, role: str, node: str | None = None) -> str:
     return container_name(site, role, node) + "-data"
 
 
-def etcd_address(site: Site, engine: str) -> str:
-    """local target: etcd's fixed address, the 5th host of the subnet of its engine."""
-    hosts = site.subnet_of(engine).hosts()
-    for _ in range(4):
-        next(hosts)
-    return str(next(hosts))
-
-
 def network_specs(site: Site) -> list[NetworkSpec]:
     if site.target != "local":
         return []
@@ -138,12 +130,15 @@ def roles_by_engine(site: Site, inventory: Inventory) -> dict[str, set[str]]:
 
 
 def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> list[ContainerSpec]:
-    """Every container the site wants, in the order they must come up; `images`: role -> ref."""
-    local = site.target == "local"
+    """Every container the site wants, in the order they must come up; `images`: role -> ref.
+
+    local: containers on the site's bridge network with fixed addresses; the proxy, Jenkins and
+    etcd are published on 127.0.0.1. openstack: containers share the node's network and listen
+    on its private address only; the tool reaches them through the gateway container.
+    """
     standalone = inventory.of_role("standalone")[0]
     specs: list[ContainerSpec] = []
-    etcd_in_cluster = _etcd_url_for(site, inventory, standalone)
-    if local:
+    if site.target == "local":
         engine = standalone.engine
         specs.append(
             ContainerSpec(
@@ -155,53 +150,49 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
                 site=site.name,
                 env=(
                     ("ETCD_NAME", f"{site.name}-etcd"),
-                    ("ETCD_ADVERTISE_CLIENT_URLS", etcd_in_cluster),
+                    (
+                        "ETCD_ADVERTISE_CLIENT_URLS",
+                        etcd_url_in_cluster(site, inventory, standalone),
+                    ),
                 ),
                 network=network_name(site),
-                ip=etcd_address(site, engine),
+                ip=local_address(site, engine, ETCD_HOST_INDEX),
                 hostname="etcd",
                 ports=((ETCD_PORT, "127.0.0.1", site.services.etcd.port),),
                 volumes=((volume_name(site, "etcd"), "/var/lib/etcd"),),
             )
         )
+    else:
+        specs.append(_service_spec(site, inventory, standalone, "gateway", images["dbproxy"]))
     galera = site.services.galera
     for node in inventory.of_role("deis")[: galera.members]:
         specs.append(
             _service_spec(
                 site,
+                inventory,
                 node,
                 "galera",
                 images["galera"],
-                etcd_in_cluster,
                 extra_env=(
                     ("CLUSTER_NAME", galera.cluster_name),
                     ("SST_METHOD", galera.sst_method),
                     ("JOIN_TIMEOUT", str(galera.join_timeout)),
                 ),
-                ports=()
-                if local
-                else tuple((p, node.private_ip, p) for p in GALERA_PORTS.values()),
                 volumes=((volume_name(site, "galera", node.name), "/var/lib/mysql"),),
                 secrets=GALERA_SECRETS,
-                ip=node.private_ip if local else None,
             )
         )
     proxy = site.services.proxy
-    publish_ip = "127.0.0.1" if local else "0.0.0.0"
     specs.append(
         _service_spec(
             site,
+            inventory,
             standalone,
             "dbproxy",
             images["dbproxy"],
-            etcd_in_cluster,
             extra_env=(("PROXY_KIND", proxy.kind),),
-            ports=(
-                (PROXY_RW_PORT, publish_ip, proxy.rw_port),
-                (PROXY_RO_PORT, publish_ip, proxy.ro_port),
-            ),
+            ports=((PROXY_RW_PORT, proxy.rw_port), (PROXY_RO_PORT, proxy.ro_port)),
             secrets=PROXY_SECRETS,
-            ip=standalone.private_ip if local else None,
         )
     )
     jenkins = site.services.jenkins
@@ -209,11 +200,11 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
         specs.append(
             _service_spec(
                 site,
+                inventory,
                 standalone,
                 "jenkins",
                 images["jenkins"],
-                etcd_in_cluster,
-                ports=((JENKINS_PORT, publish_ip, jenkins.port),),
+                ports=((JENKINS_PORT, jenkins.port),),
                 volumes=((volume_name(site, "jenkins"), "/var/jenkins_home"),),
                 secrets=JENKINS_SECRETS,
             )
@@ -221,31 +212,49 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
     return specs
 
 
-def _etcd_url_for(site: Site, inventory: Inventory, standalone: InventoryNode) -> str:
+ETCD_HOST_INDEX = 5  # local target: reserved addresses of the subnet (the nodes start at 10)
+JENKINS_HOST_INDEX = 6
+
+
+def local_address(site: Site, engine: str, index: int) -> str:
+    """local target: the `index`-th host address of the site subnet on `engine`."""
+    return str(next(itertools.islice(site.subnet_of(engine).hosts(), index - 1, None)))
+
+
+def etcd_url_in_cluster(site: Site, inventory: Inventory, node: InventoryNode) -> str:
+    """Where a container on `node` reaches etcd: the site's etcd container, or the node's own."""
     if site.target == "local":
-        return f"http://{etcd_address(site, standalone.engine)}:{ETCD_PORT}"
-    return f"http://{standalone.private_ip}:{ETCD_PORT}"
+        standalone = inventory.of_role("standalone")[0]
+        return f"http://{local_address(site, standalone.engine, ETCD_HOST_INDEX)}:{ETCD_PORT}"
+    return f"http://{node.private_ip}:{ETCD_PORT}"
 
 
 def _service_spec(
     site: Site,
+    inventory: Inventory,
     node: InventoryNode,
     role: str,
     image: str,
-    etcd_url: str,
     extra_env: tuple[tuple[str, str], ...] = (),
-    ports: tuple[tuple[int, str, int], ...] = (),
+    ports: tuple[tuple[int, int], ...] = (),
     volumes: tuple[tuple[str, str], ...] = (),
     secrets: tuple[str, ...] = (),
-    ip: str | None = None,
 ) -> ContainerSpec:
     name = container_name(site, role, node.name if role == "galera" else None)
-    address = ip or node.private_ip
+    local = site.target == "local"
+    if not local:
+        address, ip, bind = node.private_ip, None, node.private_ip
+    elif role == "jenkins":
+        address = ip = local_address(site, node.engine, JENKINS_HOST_INDEX)
+        bind = "0.0.0.0"
+    else:
+        address, ip, bind = node.private_ip, node.private_ip, "0.0.0.0"
     env = (
-        ("ETCD_URL", etcd_url if site.target == "local" else f"http://{node.private_ip}:2379"),
+        ("ETCD_URL", etcd_url_in_cluster(site, inventory, node)),
         ("ETCD_PREFIX", site.services.etcd.prefix),
         ("TTL", str(site.services.galera.ttl)),
         ("NODE_ADDRESS", address),
+        ("BIND_ADDRESS", bind),
         ("CONTAINER_NAME", name),
         ("NODE_NAME", node.name),
         *extra_env,
@@ -257,10 +266,11 @@ def _service_spec(
         image=image,
         engine=node.engine,
         env=env,
-        network=network_name(site) if site.target == "local" else None,
+        command=("sleep", "infinity") if role == "gateway" else (),
+        network=network_name(site) if local else "host",
         ip=ip,
-        hostname=name,
-        ports=ports,
+        hostname=name if local else None,
+        ports=tuple((c, "127.0.0.1", h) for c, h in ports) if local else (),
         volumes=volumes,
         secrets=secrets,
         site=site.name,
@@ -269,11 +279,3 @@ def _service_spec(
 
 def quorum(members: int) -> int:
     return members // 2 + 1
-
-
-def is_host_address(value: str) -> bool:
-    try:
-        ipaddress.IPv4Address(value)
-    except ValueError:
-        return False
-    return True

@@ -1,16 +1,28 @@
-"""The OpenStack target: render, drive Terraform, read its outputs into an inventory."""
+"""The OpenStack target: preflight, render, Terraform, waits, and the inventory from its outputs.
+
+Order of provision: preflight (nothing created on failure) -> render -> init -> plan (saved) ->
+show -> ask -> apply that plan -> inventory from `terraform output -json` -> wait for every server
+ACTIVE. The service tier is then placed over each node's Docker endpoint (TLS or ssh).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from cidemo_infra.cloud.connect import connect
+from cidemo_infra.cloud.preflight import check
+from cidemo_infra.cloud.sweep import Leak, sweep
+from cidemo_infra.cloud.waits import wait_for_servers
 from cidemo_infra.console import Reporter
+from cidemo_infra.errors import CloudError
 from cidemo_infra.inventory import Inventory, InventoryNode
 from cidemo_infra.render.site_files import render_site
-from cidemo_infra.render.tfvars import TFVARS_NAME
+from cidemo_infra.render.tfvars import TFVARS_NAME, read_public_key
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
-from cidemo_infra.terraform import TerraformDriver
+from cidemo_infra.terraform import PlanSummary, TerraformDriver
 
 DOCKER_TLS_PORT = 2376
 
@@ -23,9 +35,18 @@ def _driver(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> 
     return driver
 
 
+def _preflight(site: Site, site_path: str, reporter: Reporter) -> Any:
+    assert site.cloud is not None  # the site model requires it for this target
+    conn = connect(site.cloud)
+    with reporter.progress(f"preflight against cloud '{site.cloud}'"):
+        check(site, conn, read_public_key(site, site_path))
+    return conn
+
+
 def plan_infrastructure(
     site: Site, state: StateDir, site_path: str, reporter: Reporter
 ) -> list[dict[str, str]]:
+    _preflight(site, site_path, reporter)
     driver = _driver(site, state, site_path, reporter)
     with reporter.progress("terraform plan"):
         summary = driver.plan(state.terraform_dir / TFVARS_NAME)
@@ -35,14 +56,13 @@ def plan_infrastructure(
 def provision_infrastructure(
     site: Site, state: StateDir, site_path: str, reporter: Reporter, *, dry_run: bool, yes: bool
 ) -> bool:
-    """Plan, show, ask, apply, then record the inventory; False when the operator stopped."""
+    """Plan, show, ask, apply, record the inventory, wait; False when nothing more should run."""
     with state.lock():
+        conn = _preflight(site, site_path, reporter)
         driver = _driver(site, state, site_path, reporter)
         with reporter.progress("terraform plan"):
             summary = driver.plan(state.terraform_dir / TFVARS_NAME)
-        reporter.line(f"infrastructure: {summary.describe()}")
-        for address, action in summary.changes:
-            reporter.line(f"  {action:8} {address}")
+        _show(summary, reporter)
         if dry_run:
             return False
         if summary.has_changes:
@@ -52,21 +72,29 @@ def provision_infrastructure(
                 driver.apply_plan()
         inventory = inventory_from_outputs(site, driver.outputs(), state)
         inventory.save(state.inventory_file)
+        servers = [f"{site.name}-{n.name}" for n in inventory.nodes]
+        with reporter.progress(f"waiting for {len(servers)} servers to be ACTIVE"):
+            wait_for_servers(conn, servers, float(site.timeouts.server_active))
     return True
 
 
-def inventory_from_outputs(site: Site, outputs: dict[str, object], state: StateDir) -> Inventory:
+def _show(summary: PlanSummary, reporter: Reporter) -> None:
+    reporter.line(f"infrastructure: {summary.describe()}")
+    for address, action in summary.changes:
+        reporter.line(f"  {action:8} {address}")
+
+
+def inventory_from_outputs(site: Site, outputs: dict[str, Any], state: StateDir) -> Inventory:
+    """The inventory from `terraform output -json`: where each node's engine is reached."""
     nodes_out = outputs.get("nodes")
-    if not isinstance(nodes_out, dict):
-        raise click.UsageError("terraform output 'nodes' is missing; is the module applied?")
+    if not isinstance(nodes_out, dict) or not nodes_out:
+        raise CloudError("terraform output 'nodes' is missing or empty; was the module applied?")
     nodes = []
     for name, data in sorted(nodes_out.items()):
         public = data.get("public_ip") or None
         address = public or data["private_ip"]
-        if site.docker.transport == "ssh":
-            url = f"ssh://{site.ssh.user}@{address}"
-        else:
-            url = f"tcp://{address}:{DOCKER_TLS_PORT}"
+        tls = site.docker.transport == "tls"
+        url = f"tcp://{address}:{DOCKER_TLS_PORT}" if tls else f"ssh://{site.ssh.user}@{address}"
         nodes.append(
             InventoryNode(
                 name=name,
@@ -74,36 +102,39 @@ def inventory_from_outputs(site: Site, outputs: dict[str, object], state: StateD
                 private_ip=data["private_ip"],
                 public_ip=public,
                 docker_url=url,
-                tls_dir=str(state.tls_dir / "client") if site.docker.transport == "tls" else None,
+                tls_dir=str(state.tls_dir) if tls else None,
                 engine=name,
             )
         )
     standalone = next(n for n in nodes if n.role == "standalone")
-    etcd_host = standalone.public_ip or standalone.private_ip
     return Inventory(
-        site=site.name, target="openstack", nodes=tuple(nodes), etcd_url=f"http://{etcd_host}:2379"
+        site=site.name,
+        target="openstack",
+        nodes=tuple(nodes),
+        etcd_url=f"http://{standalone.private_ip}:2379",
     )
 
 
-def destroy_infrastructure(
-    site: Site, state: StateDir, site_path: str, reporter: Reporter, *, dry_run: bool, yes: bool
-) -> None:
-    with state.lock():
-        driver = _driver(site, state, site_path, reporter)
-        with reporter.progress("terraform plan -destroy"):
-            summary = driver.plan(state.terraform_dir / TFVARS_NAME, destroy=True)
-        if not summary.has_changes:
-            reporter.line("no changes: no infrastructure in the state")
-            return
-        for address, action in summary.changes:
-            reporter.line(f"  {action:8} {address}")
-        if dry_run:
-            return
-        if not yes and not click.confirm(
-            f"Destroy all infrastructure of '{site.name}'?", default=False
-        ):
-            raise click.exceptions.Abort
-        with reporter.progress("terraform destroy"):
-            driver.destroy(state.terraform_dir / TFVARS_NAME)
-        state.inventory_file.unlink(missing_ok=True)
-    reporter.line(f"destroyed the infrastructure of '{site.name}'")
+def plan_destroy(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> PlanSummary:
+    driver = _driver(site, state, site_path, reporter)
+    with reporter.progress("terraform plan -destroy"):
+        summary = driver.plan(state.terraform_dir / TFVARS_NAME, destroy=True)
+    _show(summary, reporter)
+    return summary
+
+
+def destroy_infrastructure(site: Site, state: StateDir, reporter: Reporter) -> None:
+    driver = TerraformDriver(state.terraform_dir)
+    with reporter.progress("terraform destroy"):
+        driver.destroy(state.terraform_dir / TFVARS_NAME)
+
+
+def sweep_leaks(site: Site, reporter: Reporter, delete: bool) -> list[Leak]:
+    """What carries the site's prefix or tag after Terraform: reported, or deleted with --sweep."""
+    assert site.cloud is not None
+    conn = connect(site.cloud)
+    with reporter.progress("looking for resources Terraform did not remove"):
+        leaks = sweep(conn, site.name, delete=delete, key_name=site.ssh.key_name)
+    for leak in leaks:
+        reporter.line(("deleted " if delete else "left over: ") + str(leak))
+    return leaks

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -31,6 +32,17 @@ HOW = (
     "boot the test cloud with tests/cloud/openstack/openstack-up, then set "
     "OS_CLIENT_CONFIG_FILE=<BASE>/clouds.yaml and OS_CLOUD=cidemo-test"
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """openstacksdk warns about its own internals on every call; that is not this project's news."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            item.add_marker(pytest.mark.filterwarnings("ignore::DeprecationWarning:openstack"))
+            item.add_marker(
+                pytest.mark.filterwarnings("ignore::PendingDeprecationWarning:openstack")
+            )
 
 
 def missing(what: str) -> NoReturn:

@@ -199,8 +199,14 @@ def create_stack(
     create_server_group(conn, stack)
     for node in site.nodes:
         create_port(conn, stack, node)
-    for node in site.nodes:
+    # Parallel boots into one anti-affinity group race in the scheduler and rely on nova's late
+    # check and reschedule, which fails when no alternate host is left: boot them one by one.
+    for node in site.nodes_of("deis"):
         boot_server(conn, stack, node)
+        wait_for_servers(conn, [f"{site.name}-{node.name}"], timeout)
+    for node in site.nodes:
+        if node.role != "deis":
+            boot_server(conn, stack, node)
     names = [f"{site.name}-{node.name}" for node in site.nodes]
     active = wait_for_servers(conn, names, timeout)
     stack.servers = {node.name: active[f"{site.name}-{node.name}"] for node in site.nodes}

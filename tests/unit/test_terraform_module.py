@@ -51,6 +51,9 @@ CLUSTER_PORTS = {
     ("udp", 7946),
     ("udp", 4789),
     ("tcp", 2376),
+    ("tcp", 4006),
+    ("tcp", 4008),
+    ("tcp", 8080),
 }
 CONTRACT_VARIABLES = {
     "site_name",
@@ -509,3 +512,16 @@ def test_outputs_follow_the_inventory_contract() -> None:
     assert node, outputs["nodes"]["value"]
     fields = {item.split("=")[0].strip() for item in node[1].split(", ")}
     assert fields == {"name", "server_name", "role", "private_ip", "public_ip"}
+
+
+def test_standin_module_outputs_have_the_real_modules_shape() -> None:
+    """The chain test's stand-in must not drift from the module it stands in for."""
+
+    def outputs(path: Path) -> dict[str, str]:
+        return {name: str(body["value"]) for name, body in labelled(load_hcl(path)["output"])}
+
+    real = outputs(REPO / "terraform" / "outputs.tf")
+    standin = outputs(REPO / "tests" / "data" / "terraform" / "standin-openstack" / "main.tf")
+    assert set(standin) == set(real)
+    for key in ("name", "server_name", "role", "private_ip", "public_ip"):
+        assert key in real["nodes"] and key in standin["nodes"]

@@ -47,6 +47,8 @@ NODE_NAME=${NODE_NAME:-$HOST_ID}
 [[ "$NODE_NAME" =~ ^[A-Za-z0-9_.-]+$ ]] || die "NODE_NAME must match [A-Za-z0-9_.-]+, got '$NODE_NAME'"
 CONTAINER_NAME=${CONTAINER_NAME:-$HOST_ID}
 NODE_ADDRESS=${NODE_ADDRESS:-$(first_ipv4)}
+# On a cloud node the member shares the host's network and listens on the private address only.
+BIND_ADDRESS=${BIND_ADDRESS:-0.0.0.0}
 [ -n "$NODE_ADDRESS" ] || die "NODE_ADDRESS is not set and 'hostname -i' gave no IPv4 address"
 SST_METHOD=${SST_METHOD:-rsync}
 case "$SST_METHOD" in
@@ -241,7 +243,11 @@ unset SST_PASSWORD
 ARGS=(--defaults-extra-file="$SST_CNF" --user=mysql --datadir="$DATADIR"
   --wsrep-cluster-name="$CLUSTER_NAME" --wsrep-node-name="$NODE_NAME"
   --wsrep-node-address="$NODE_ADDRESS" --wsrep-node-incoming-address="$NODE_ADDRESS:3306"
-  --wsrep-sst-method="$SST_METHOD")
+  --wsrep-sst-method="$SST_METHOD" --bind-address="$BIND_ADDRESS")
+if [ "$BIND_ADDRESS" != 0.0.0.0 ]; then
+  ARGS+=(--wsrep-provider-options="gcache.size=32M;gmcast.listen_addr=tcp://$BIND_ADDRESS:4567;ist.recv_addr=$BIND_ADDRESS:4568"
+    --wsrep-sst-receive-address="$BIND_ADDRESS:4444")
+fi
 
 NEW_CLUSTER=0
 if [ "$MODE" = bootstrap ]; then

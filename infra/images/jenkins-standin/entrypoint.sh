@@ -21,9 +21,13 @@ CONTAINER_NAME=${CONTAINER_NAME:-$HOST_ID}
 NODE_ADDRESS=${NODE_ADDRESS:-$(first_ipv4)}
 [ -n "$NODE_ADDRESS" ] || { log "FATAL: NODE_ADDRESS is not set and 'hostname -i' gave no IPv4 address"; exit 1; }
 export TTL=${TTL:-10}
+BIND_ADDRESS=${BIND_ADDRESS:-0.0.0.0}
+export BIND_ADDRESS
+HEALTH_HOST=127.0.0.1
+[ "$BIND_ADDRESS" = 0.0.0.0 ] || HEALTH_HOST=$BIND_ADDRESS
 
 log "STAND-IN (not Jenkins) $CONTAINER_NAME address $NODE_ADDRESS, etcd $ETCD_URL prefix '${ETCD_PREFIX}' ttl $TTL s"
 exec /usr/local/lib/cidemo/announce.sh --component jenkins-standin \
-  --health 'curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:8080/login' \
+  --health "curl -fsS --max-time 2 -o /dev/null http://${HEALTH_HOST}:8080/login" \
   --key "/services/jenkins/$HOST_ID:$CONTAINER_NAME:8080=$NODE_ADDRESS:8080" \
   -- python3 -u /usr/local/lib/cidemo/standin.py

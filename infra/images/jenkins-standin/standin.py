@@ -40,7 +40,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> None:
     port = int(os.environ.get("HTTP_PORT", "8080"))
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server = ThreadingHTTPServer((os.environ.get("BIND_ADDRESS", "0.0.0.0"), port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     sys.stderr.write("[jenkins-standin] STAND-IN (not Jenkins) listening on :%d\n" % port)
     sys.stderr.flush()
