@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import docker
 import yaml
@@ -133,27 +134,68 @@ def _put_bench_secrets(container: docker.models.containers.Container) -> None:
 
 
 def _compose_file(client: docker.DockerClient, site: str, path: Path) -> None:
-    """A compose file equivalent to the placed site: same images, env, addresses and ports."""
-    services = {}
+    """A compose file equivalent to the placed site: the same images, environment, addresses,
+    published ports, volumes and secret files; written before the site is destroyed."""
+    services: dict[str, Any] = {}
+    subnet = ""
     for c in client.containers.list(filters={"label": f"io.cidemo.site={site}"}):
-        cfg = c.attrs["Config"]
-        ports = c.attrs["HostConfig"].get("PortBindings") or {}
-        services[c.name.replace(f"cidemo-{site}-", "")] = {
+        cfg, host = c.attrs["Config"], c.attrs["HostConfig"]
+        net = next(iter(c.attrs["NetworkSettings"]["Networks"].values()))
+        subnet = subnet or _subnet(client, next(iter(c.attrs["NetworkSettings"]["Networks"])))
+        ports = host.get("PortBindings") or {}
+        services[c.name] = {
             "image": cfg["Image"],
+            "hostname": cfg.get("Hostname"),
+            "init": True,
             "environment": [e for e in cfg.get("Env") or [] if not e.startswith("PATH=")],
             "ports": [
-                f"{b[0]['HostIp']}:{int(b[0]['HostPort']) + 10000}:{p.split('/')[0]}"
+                f"{b[0]['HostIp']}:{b[0]['HostPort']}:{p.split('/')[0]}"
                 for p, b in ports.items()
                 if b
             ],
-            "networks": ["tier"],
+            "volumes": [
+                f"{m['Name'] + '-compose'}:{m['Destination']}"
+                for m in c.attrs["Mounts"]
+                if m["Type"] == "volume"
+            ]
+            + [f"{path.parent / 'secrets'}:/etc/cidemo/secrets:ro"],
+            "networks": {"tier": {"ipv4_address": net["IPAMConfig"]["IPv4Address"]}},
         }
+    volumes: dict[str, dict[str, str]] = {
+        v.split(":")[0]: {}
+        for svc in services.values()
+        for v in svc["volumes"]
+        if not v.startswith("/")
+    }
     compose = {
-        "version": "3.7",
+        "version": "2.4",
         "services": services,
-        "networks": {"tier": {"ipam": {"config": [{"subnet": "10.215.11.0/24"}]}}},
+        "volumes": volumes,
+        "networks": {"tier": {"ipam": {"config": [{"subnet": subnet}]}}},
     }
     path.write_text(yaml.safe_dump(compose))
+    secrets_dir = path.parent / "secrets"
+    secrets_dir.mkdir(mode=0o700)
+    for name in ("root_password", "sst_password", "monitor_password", "jenkins_admin_password"):
+        (secrets_dir / name).write_text(secrets.token_urlsafe(18))
+        (secrets_dir / name).chmod(0o644)  # read by the services' own users in the containers
+
+
+def _subnet(client: docker.DockerClient, network: str) -> str:
+    return str(client.networks.get(network).attrs["IPAM"]["Config"][0]["Subnet"])
+
+
+def _compose(compose: str, compose_file: Path, *args: str) -> float:
+    start = time.monotonic()
+    result = subprocess.run(
+        [compose, "-p", "cidemobench", "-f", str(compose_file), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"docker-compose {args[0]} failed: {result.stderr.strip()[-500:]}")
+    return time.monotonic() - start
 
 
 def main() -> None:
@@ -179,23 +221,15 @@ def main() -> None:
         }
         compose_file = work / "compose.yaml"
         _compose_file(client, "bench", compose_file)
+        _cidemo(site, state, "destroy", "--purge")
         compose = shutil.which("docker-compose")
         compose_noop = float("nan")
         if compose:
-            cmd = [compose, "-p", "cidemobench", "-f", str(compose_file), "up", "-d"]
-            subprocess.run(cmd, check=True, capture_output=True)
-            runs = []
-            for _ in range(3):
-                t = time.monotonic()
-                subprocess.run(cmd, check=True, capture_output=True)
-                runs.append(time.monotonic() - t)
-            compose_noop = min(runs)
-            subprocess.run(
-                [compose, "-p", "cidemobench", "-f", str(compose_file), "down", "-v"],
-                check=False,
-                capture_output=True,
-            )
-        _cidemo(site, state, "destroy", "--purge")
+            try:
+                _compose(compose, compose_file, "up", "-d")
+                compose_noop = min(_compose(compose, compose_file, "up", "-d") for _ in range(3))
+            finally:
+                _compose(compose, compose_file, "down", "-v")
         floor = _floor(client, images["galera"], images["etcd"])
         rows.append(
             [
