@@ -123,6 +123,38 @@ class Services(_Strict):
     etcd: Etcd = Etcd()
 
 
+AppName = Annotated[str, StringConstraints(pattern=r"^[a-z]([a-z0-9-]{0,20}[a-z0-9])?$")]
+Branch = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{1,100}$")]
+
+
+class Environments(_Strict):
+    """The delivery pipeline: previews per pull request, staging, production (Deis' naming:
+    `pr-<n>-<app>`, `stage-<app>`, `<app>`)."""
+
+    app: AppName = "ghost"
+    platform: Literal["swarm", "deis"] = "swarm"
+    image: str = Field(
+        "{app}:{sha}", description="the image of a commit; {app} and {sha} are replaced"
+    )
+    app_port: int = Field(2368, ge=1, le=65535, description="the HTTP port the app listens on")
+    domain: DnsName | None = Field(None, description="apps are <env>.<domain>; default: domain")
+    max_previews: int = Field(5, ge=1, le=100)
+    preview_ttl_hours: int = Field(168, ge=1, description="env gc removes previews idle longer")
+    router_port: int = Field(8000, ge=1, le=65535, description="local: published on 127.0.0.1")
+    staging_branch: Branch = "development"
+    production_branch: Branch = "master"
+    authorized_logins: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,39}$")]] = (
+        Field(default_factory=list)
+    )
+    fork_label: str = "safe-to-deploy"
+    backup_dir: str | None = Field(None, description="default: <state dir>/backups")
+    backup_container: str | None = Field(None, description="OpenStack object storage container")
+    deis_controller: str | None = Field(None, pattern=r"^https?://.+")
+    app_env: dict[str, str] = Field(
+        default_factory=dict, description="non-secret settings given to every environment"
+    )
+
+
 class Timeouts(_Strict):
     server_active: int = Field(600, ge=10, description="seconds for a server to become ACTIVE")
     docker: int = Field(300, ge=5, description="seconds for a node's Docker engine to answer")
@@ -157,6 +189,7 @@ class Site(_Strict):
     roles: dict[Role, RoleSpec] = Field(default_factory=_default_roles)
     nodes: list[Node] = Field(default_factory=_default_nodes)
     services: Services = Services()
+    environments: Environments = Environments()
     timeouts: Timeouts = Timeouts()
 
     def nodes_of(self, role: str) -> list[Node]:
@@ -219,6 +252,12 @@ def semantic_problems(site: Site) -> list[str]:
         problems.append(
             f"services.galera.members: {members} members need {members} deis nodes, "
             f"the site has {deis}"
+        )
+    envs = site.environments
+    if envs.platform == "deis" and not envs.deis_controller:
+        problems.append(
+            "environments.deis_controller: required when environments.platform is 'deis' "
+            "(the controller's URL, e.g. https://deis.example.com)"
         )
     proxy = site.services.proxy
     if proxy.kind == "maxscale" and not proxy.image:

@@ -72,8 +72,8 @@ def webhook_secret(state: StateDir) -> str:
 
 
 def delivery_settings(site: Any) -> DeliverySettings:
-    """The site's `delivery` settings where its model has them, else the defaults."""
-    configured = getattr(site, "delivery", None)
+    """The delivery settings of the site's `environments` section."""
+    configured = getattr(site, "environments", None)
     if configured is None:
         return DeliverySettings()
     values = {
