@@ -341,15 +341,20 @@ def _prepare_galera(session: Session) -> str | None:
     if registry.get(guard_key(registry.prefix, site.services.galera.cluster_name)) is None:
         return None
     members = [s for s in session.specs if s.role == "galera"]
-    alive = []
-    for spec in members:
-        try:
-            alive.append(member_status(session.clients[spec.engine].containers.get(spec.name)))
-        except docker.errors.NotFound:
-            continue
-    if any(st.is_synced for st in alive):
+    if _any_member_synced(session, members):
         return None
     return _recover_guard(session, members, registry)
+
+
+def _any_member_synced(session: Session, members: list[ContainerSpec]) -> bool:
+    for spec in members:
+        try:
+            container = session.clients[spec.engine].containers.get(spec.name)
+        except docker.errors.NotFound:
+            continue
+        if member_status(container).is_synced:
+            return True
+    return False
 
 
 def _recover_guard(session: Session, members: list[ContainerSpec], registry: Registry) -> str:
@@ -392,13 +397,7 @@ def recover(
     with state.lock(lock_wait):
         session = open_session(site, state, reporter, build=True)
         members = [s for s in session.specs if s.role == "galera"]
-        alive = []
-        for spec in members:
-            try:
-                alive.append(member_status(session.clients[spec.engine].containers.get(spec.name)))
-            except docker.errors.NotFound:
-                continue
-        if any(st.is_synced for st in alive):
+        if _any_member_synced(session, members):
             raise PlacementError(
                 "a Galera member is still Synced; recover is for a crash of all "
                 "members (use cidemo provision to heal single members)"
@@ -408,11 +407,14 @@ def recover(
             default=False,
         ):
             raise click.exceptions.Abort
-        registry = session.registry()
-        registry.wait_healthy(site.timeouts.etcd)
-        best = _recover_guard(session, members, registry)
-        session.executor().apply(_bootstrap_first(session.actions(), best))
-        report = _smoke(session)
+        try:
+            registry = session.registry()
+            registry.wait_healthy(site.timeouts.etcd)
+            best = _recover_guard(session, members, registry)
+            session.executor().apply(_bootstrap_first(session.actions(), best))
+            report = _smoke(session)
+        finally:
+            session.close()
     report.print(reporter)
     if not report.passed:
         raise PlacementError(
@@ -435,7 +437,11 @@ def _smoke(session: Session) -> Report:
 
 
 def smoke(site: Site, state: StateDir, reporter: Reporter) -> Report:
-    return _smoke(open_session(site, state, reporter, build=False))
+    session = open_session(site, state, reporter, build=False)
+    try:
+        return _smoke(session)
+    finally:
+        session.close()
 
 
 def _print_endpoints(session: Session) -> None:

@@ -138,26 +138,25 @@ def sweep(
     failures: dict[Leak, str] = {}
     by_kind = {kind: [leak for leak in leaks if leak.kind == kind] for kind in KINDS}
 
-    for leak in by_kind["server"]:
-        _delete(leak, failures, deadline, lambda leak: conn.compute.delete_server(leak.id))
-    for leak in by_kind["floating_ip"]:
-        _delete(leak, failures, deadline, lambda leak: conn.network.delete_ip(leak.id))
-    _wait_servers_gone(conn, by_kind["server"], failures, deadline)
-    for leak in by_kind["port"]:
-        _delete(leak, failures, deadline, lambda leak: conn.network.delete_port(leak.id))
-    for leak in by_kind["router"]:
-        _delete(leak, failures, deadline, lambda leak: _delete_router(conn, leak.id))
-    steps: list[tuple[str, Callable[[Leak], object]]] = [
-        ("subnet", lambda leak: conn.network.delete_subnet(leak.id)),
-        ("network", lambda leak: conn.network.delete_network(leak.id)),
-        ("security_group", lambda leak: conn.network.delete_security_group(leak.id)),
-        ("server_group", lambda leak: conn.compute.delete_server_group(leak.id)),
-        ("keypair", lambda leak: conn.compute.delete_keypair(leak.id)),
-        ("volume", lambda leak: conn.block_storage.delete_volume(leak.id)),
-    ]
-    for kind, remove in steps:
-        for leak in by_kind[kind]:
-            _delete(leak, failures, deadline, remove)
+    removers: dict[str, Callable[[Leak], object]] = {
+        "server": lambda leak: conn.compute.delete_server(leak.id),
+        "floating_ip": lambda leak: conn.network.delete_ip(leak.id),
+        "port": lambda leak: conn.network.delete_port(leak.id),
+        "router": lambda leak: _delete_router(conn, leak.id),
+        "subnet": lambda leak: conn.network.delete_subnet(leak.id),
+        "network": lambda leak: conn.network.delete_network(leak.id),
+        "security_group": lambda leak: conn.network.delete_security_group(leak.id),
+        "server_group": lambda leak: conn.compute.delete_server_group(leak.id),
+        "keypair": lambda leak: conn.compute.delete_keypair(leak.id),
+        "volume": lambda leak: conn.block_storage.delete_volume(leak.id),
+    }
+    with cloud_errors(conn, f"sweeping site '{site_name}'"):
+        for kind in KINDS:
+            for leak in by_kind[kind]:
+                _delete(leak, failures, deadline, removers[kind])
+            if kind == "floating_ip":
+                # the servers' ports stay bound, and their networks in use, until nova is done
+                _wait_servers_gone(conn, by_kind["server"], failures, deadline)
 
     remaining = set(find(conn, site_name, key_name))
     for leak in remaining & set(leaks):

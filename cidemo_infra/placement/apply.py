@@ -23,7 +23,12 @@ from cidemo_infra.galera.member import member_status
 from cidemo_infra.placement.plan import Action
 from cidemo_infra.placement.specs import ContainerSpec, NetworkSpec, quorum
 from cidemo_infra.probes import http_answers
-from cidemo_infra.registry.keys import DATABASE_SERVICES, PROXY_SERVICES, Registry
+from cidemo_infra.registry.keys import (
+    DATABASE_SERVICES,
+    JENKINS_SERVICE,
+    PROXY_SERVICES,
+    Registry,
+)
 
 STOP_TIMEOUT = 60
 SECRET_OWNER = {"jenkins": 1000}  # Jenkins reads its secret as uid 1000; the others as root
@@ -219,28 +224,21 @@ class Executor:
             status = member_status(container)
             if not status.is_synced:
                 return False, status.error or f"state {status.state or 'unknown'}"
-            for service in DATABASE_SERVICES:
-                ok, detail = self._registered(service, spec.name)
-                if not ok:
-                    return ok, detail
-            return True, "Synced and registered"
+            return self._registered(DATABASE_SERVICES, spec.name)
         if spec.role == "dbproxy":
-            for service in PROXY_SERVICES:
-                ok, detail = self._registered(service, spec.name)
-                if not ok:
-                    return ok, detail
-            return True, "registered"
+            return self._registered(PROXY_SERVICES, spec.name)
         if spec.role == "gateway":
             return container.status == "running", container.status
         if spec.role == "jenkins":
             url = self.jenkins_url()
             if url and not http_answers(url):
                 return False, f"{url} does not answer"
-            return self._registered("jenkins", spec.name)
+            return self._registered((JENKINS_SERVICE,), spec.name)
         return container.status == "running", container.status
 
-    def _registered(self, service: str, container: str) -> tuple[bool, str]:
-        regs = self.registry().services(service)
-        if any(r.container == container for r in regs):
-            return True, "registered"
-        return False, f"not registered under /services/{service} yet"
+    def _registered(self, services: tuple[str, ...], container: str) -> tuple[bool, str]:
+        registry = self.registry()
+        for service in services:
+            if not any(r.container == container for r in registry.services(service)):
+                return False, f"not registered under /services/{service} yet"
+        return True, "registered"

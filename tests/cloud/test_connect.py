@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import openstack
@@ -55,15 +56,14 @@ def test_a_refused_password_names_the_cloud_and_never_shows_the_password(
 
 def test_preflight_with_refused_credentials_reports_only_that(
     conn: Connection,
-    make_site: object,
+    make_site: Callable[..., Site],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = clouds_yaml(tmp_path / "clouds.yaml", conn.config.auth["auth_url"], "wrong-pw")
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
     bad = openstack.connect(cloud="ct-wrong")
-    site = make_site()  # type: ignore[operator]
-    assert isinstance(site, Site)
+    site = make_site()
 
     problems = preflight(site, bad)
 

@@ -8,8 +8,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from openstack import exceptions as sdk
 
-from cidemo_infra.cloud import connect, quota_needs, security_group_rule_count, wait_for_port
+from cidemo_infra.cloud import (
+    connect,
+    quota_needs,
+    security_group_rule_count,
+    sweep,
+    wait_for_port,
+)
 from cidemo_infra.cloud.preflight import (
     CLUSTER_PORTS,
     PUBLIC_WORLD_TCP_PORTS,
@@ -402,3 +409,99 @@ def test_connect_to_a_cloud_missing_from_clouds_yaml(
 
     with pytest.raises(CloudError, match=r"^cloud 'nope': no such entry in clouds.yaml \(OS_CLI"):
         connect("nope")
+
+
+class FakeCloud:
+    """Just enough of openstacksdk for the sweep: lists, deletes, and a log of the calls."""
+
+    def __init__(self, stuck: set[str] | None = None) -> None:
+        self.calls: list[str] = []
+        self.stuck = stuck or set()
+        self.current_project_id = "p1"
+        self.config = SimpleNamespace(name="fake", auth={"password": "pw"})
+        r = {
+            "tags": [],
+            "description": None,
+            "device_owner": "",
+            "metadata": {},
+            "status": "ACTIVE",
+        }
+        self.items: dict[str, list[SimpleNamespace]] = {
+            "server": [ns(**(r | {"id": "s1", "name": "demo-deis-1"}))],
+            "ip": [
+                ns(**(r | {"id": "f1", "name": "172.24.4.5", "description": "demo-deis-1"})),
+                ns(**(r | {"id": "f2", "name": "172.24.4.6", "description": "other-deis-1"})),
+            ],
+            "port": [
+                ns(**(r | {"id": "p1", "name": "demo-deis-1"})),
+                ns(**(r | {"id": "p2", "name": "", "device_owner": "network:router_interface"})),
+            ],
+            "router": [ns(**(r | {"id": "r1", "name": "demo-router"}))],
+            "subnet": [ns(**(r | {"id": "sn1", "name": "demo-subnet"}))],
+            "network": [
+                ns(**(r | {"id": "n1", "name": "demo-net"})),
+                ns(**(r | {"id": "n2", "name": "demo-x", "tags": ["cidemo-site-demo-x"]})),
+            ],
+            "security_group": [ns(**(r | {"id": "g1", "name": "demo-public"}))],
+            "server_group": [ns(**(r | {"id": "sg1", "name": "demo-deis"}))],
+            "keypair": [ns(id="demo-key", name="demo-key"), ns(id="op-key", name="op-key")],
+        }
+        self.compute = SimpleNamespace(
+            servers=lambda details=True: self._list("server"),
+            server_groups=lambda: self._list("server_group"),
+            keypairs=lambda: self._list("keypair"),
+            delete_server=lambda i: self._delete("server", i),
+            delete_server_group=lambda i: self._delete("server_group", i),
+            delete_keypair=lambda i: self._delete("keypair", i),
+        )
+        self.network = SimpleNamespace(
+            ips=lambda project_id: self._list("ip"),
+            ports=lambda project_id=None, device_id=None: [
+                p for p in self._list("port") if device_id is None or p.id == "p2"
+            ],
+            routers=lambda project_id: self._list("router"),
+            subnets=lambda project_id: self._list("subnet"),
+            networks=lambda project_id: self._list("network"),
+            security_groups=lambda project_id: self._list("security_group"),
+            delete_ip=lambda i: self._delete("ip", i),
+            delete_port=lambda i: self._delete("port", i),
+            remove_interface_from_router=lambda r, port: self._delete("port", port),
+            delete_router=lambda i, ignore_missing: self._delete("router", i),
+            delete_subnet=lambda i: self._delete("subnet", i),
+            delete_network=lambda i: self._delete("network", i),
+            delete_security_group=lambda i: self._delete("security_group", i),
+        )
+
+    def endpoint_for(self, service_type: str) -> None:
+        return None
+
+    def _list(self, kind: str) -> list[SimpleNamespace]:
+        return list(self.items[kind])
+
+    def _delete(self, kind: str, item_id: str) -> None:
+        self.calls.append(item_id)
+        if item_id in self.stuck:
+            raise sdk.ConflictException(f"{kind} {item_id} is in use")
+        self.items[kind] = [i for i in self.items[kind] if i.id != item_id]
+
+
+def test_sweep_deletes_in_dependency_order_and_only_the_site() -> None:
+    cloud = FakeCloud()
+
+    found = sweep(cloud, "demo", delete=True, key_name="demo-key", timeout=5)
+
+    site_ids = ["s1", "f1", "p1", "r1", "sn1", "n1", "g1", "sg1", "demo-key"]
+    assert [leak.id for leak in found] == site_ids
+    assert cloud.calls == ["s1", "f1", "p1", "p2", "r1", "sn1", "n1", "g1", "sg1", "demo-key"]
+    left = {i.id for items in cloud.items.values() for i in items}
+    assert left == {"f2", "n2", "op-key"}
+
+
+def test_sweep_reports_what_stays_in_use() -> None:
+    cloud = FakeCloud(stuck={"n1"})
+
+    with pytest.raises(SweepError) as err:
+        sweep(cloud, "demo", delete=True, timeout=0.5)
+
+    assert [(leak.id, why) for leak, why in err.value.failures] == [("n1", "network n1 is in use")]
+    assert str(err.value).startswith("site 'demo': 1 resource(s) could not be deleted: network")
