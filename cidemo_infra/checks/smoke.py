@@ -142,11 +142,30 @@ def _proxy(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> N
 
 
 def _backends(ctx: SmokeContext, proxy: ContainerSpec) -> list[str] | None:
+    """The proxy's backend set: HAProxy's list, or the servers of a rendered maxscale.cnf."""
     try:
-        result = _container(ctx, proxy).exec_run(["cat", "/run/cidemo/backends"])
+        container = _container(ctx, proxy)
+        result = container.exec_run(["cat", "/run/cidemo/backends"])
+        if result.exit_code == 0:
+            return sorted(result.output.decode().split())
+        result = container.exec_run(["cat", "/etc/maxscale.cnf"])
     except (docker.errors.APIError, docker.errors.NotFound):
         return None
-    return sorted(result.output.decode().split()) if result.exit_code == 0 else None
+    if result.exit_code != 0:
+        return None
+    return maxscale_backends(result.output.decode())
+
+
+def maxscale_backends(config: str) -> list[str]:
+    found, address = [], None
+    for line in config.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "address":
+            address = value.strip()
+        elif key.strip() == "port" and address is not None:
+            found.append(f"{address}:{value.strip()}")
+            address = None
+    return sorted(found)
 
 
 def _row_everywhere(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:

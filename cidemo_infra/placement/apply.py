@@ -23,6 +23,7 @@ from cidemo_infra.galera.member import member_status
 from cidemo_infra.placement.plan import Action
 from cidemo_infra.placement.specs import ContainerSpec, NetworkSpec, quorum
 from cidemo_infra.probes import http_answers
+from cidemo_infra.proxy.maxscale import render_maxscale
 from cidemo_infra.registry.keys import (
     DATABASE_SERVICES,
     JENKINS_SERVICE,
@@ -144,11 +145,18 @@ class Executor:
         )
         if spec.secrets:
             api.put_archive(created["Id"], "/etc", self._secrets_tar(spec))
+        if dict(spec.env).get("PROXY_KIND") == "maxscale":
+            config = render_maxscale(
+                self.registry().services("database_port"), self.secrets["monitor_password"]
+            )
+            api.put_archive(created["Id"], "/etc", _tar({"maxscale.cnf": config}, 0o600))
         if start:
             api.start(created["Id"])
         return str(created["Id"])
 
     def _secrets_tar(self, spec: ContainerSpec) -> bytes:
+        """/etc/cidemo/secrets/<name>, one file per secret the spec names; values from the
+        state directory, never from the spec."""
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for folder in ("cidemo", "cidemo/secrets"):
@@ -226,6 +234,8 @@ class Executor:
                 return False, status.error or f"state {status.state or 'unknown'}"
             return self._registered(DATABASE_SERVICES, spec.name)
         if spec.role == "dbproxy":
+            if dict(spec.env).get("PROXY_KIND") == "maxscale":  # a site image: no registrations
+                return container.status == "running", container.status
             return self._registered(PROXY_SERVICES, spec.name)
         if spec.role == "gateway":
             return container.status == "running", container.status
@@ -242,3 +252,14 @@ class Executor:
             if not any(r.container == container for r in registry.services(service)):
                 return False, f"not registered under /services/{service} yet"
         return True, "registered"
+
+
+def _tar(files: dict[str, str], mode: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -13,6 +13,7 @@ from cidemo_infra.placement.specs import (
     LABEL_SITE,
     LABEL_SPEC,
     desired_specs,
+    image_refs,
     network_specs,
 )
 from cidemo_infra.site import parse_site
@@ -106,3 +107,16 @@ def test_members_get_the_node_addresses_and_the_registration_layout_inputs() -> 
     assert env["CONTAINER_NAME"] == members[0].name == "cidemo-p1-galera-deis-1"
     assert env["ETCD_URL"] == "http://10.213.7.5:2379"
     assert env["NODE_ADDRESS"] == "10.213.7.10"
+
+
+def test_a_maxscale_site_places_its_own_image_with_the_maxscale_kind() -> None:
+    site = parse_site(
+        "name: p1\nservices: {proxy: {kind: maxscale, image: 'example.org/maxscale:24.02'}}"
+    )
+    refs = image_refs(site)
+    assert refs["dbproxy"] == "example.org/maxscale:24.02"
+    specs = desired_specs(site, local_inventory(site), {**IMAGES, "dbproxy": refs["dbproxy"]})
+    proxy = next(s for s in specs if s.role == "dbproxy")
+    assert proxy.image == "example.org/maxscale:24.02"
+    assert dict(proxy.env)["PROXY_KIND"] == "maxscale"
+    assert "monitor_password" in proxy.secrets

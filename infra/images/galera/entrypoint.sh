@@ -277,7 +277,11 @@ if [ "$NEW_CLUSTER" -eq 1 ]; then
     printf "CREATE USER IF NOT EXISTS 'sst'@'localhost' IDENTIFIED BY %s;\n" "$(sql_string "$SST_PASSWORD")"
     printf "GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR ON *.* TO 'sst'@'localhost';\n"
     printf "CREATE USER IF NOT EXISTS 'cidemo_monitor'@'%%' IDENTIFIED BY %s;\n" "$(sql_string "$MONITOR_PASSWORD")"
-    printf "GRANT USAGE, REPLICATION CLIENT, SLAVE MONITOR ON *.* TO 'cidemo_monitor'@'%%';\n"
+    printf "GRANT USAGE, REPLICATION CLIENT, SLAVE MONITOR, SHOW DATABASES ON *.* TO 'cidemo_monitor'@'%%';\n"
+    # MaxScale's services authenticate clients with the users of these tables
+    for t in user db tables_priv columns_priv procs_priv proxies_priv roles_mapping; do
+      printf "GRANT SELECT ON mysql.%s TO 'cidemo_monitor'@'%%';\n" "$t"
+    done
     printf "CREATE USER IF NOT EXISTS 'haproxy_check'@'%%';\n"
     printf "GRANT USAGE ON *.* TO 'haproxy_check'@'%%';\n"
     printf "DROP USER IF EXISTS ''@'localhost';\n"

@@ -1,0 +1,1 @@
+"""The database proxy's configuration for site-supplied proxy images (MaxScale)."""

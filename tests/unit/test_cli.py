@@ -1,0 +1,70 @@
+"""The command line: one line per error, tracebacks only with -v, plain output, exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cidemo_infra.console import Reporter
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.unit
+BAD = REPO / "tests" / "data" / "sites" / "bad" / "even-members.yaml"
+
+
+def test_an_error_is_one_line_and_the_traceback_needs_verbose(cidemo, tmp_path: Path) -> None:
+    quiet = cidemo("render", "--site", str(BAD), "--state-dir", str(tmp_path / "a"))
+    loud = cidemo("-v", "render", "--site", str(BAD), "--state-dir", str(tmp_path / "b"))
+    assert quiet.rc == loud.rc == 2
+    assert len(quiet.err.strip().splitlines()) == 1
+    assert "Traceback" not in quiet.err
+    assert "Traceback (most recent call last)" in loud.err
+    assert quiet.err.strip().splitlines()[-1] == loud.err.strip().splitlines()[-1]
+
+
+def test_unknown_option_is_a_usage_error(cidemo) -> None:
+    result = cidemo("provision", "--no-such-flag")
+    assert result.rc == 2
+    assert "No such option" in result.err
+
+
+def test_output_is_plain_without_a_terminal_or_with_no_color(cidemo, tmp_path: Path) -> None:
+    result = cidemo(
+        "render",
+        "--site",
+        str(REPO / "infra/sites/openstack.example.yaml"),
+        "--state-dir",
+        str(tmp_path / "s"),
+    )
+    assert result.rc == 0
+    assert "\x1b[" not in result.out + result.err
+
+
+def test_reporter_turns_plain_with_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert Reporter().plain
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert not Reporter().plain
+
+
+def test_every_documented_command_exists(cidemo) -> None:
+    result = cidemo("--help")
+    for command in (
+        "schema",
+        "render",
+        "plan",
+        "provision",
+        "destroy",
+        "status",
+        "smoke",
+        "recover",
+        "images",
+        "webhook",
+    ):
+        assert command in result.out
+    for command in ("provision", "destroy"):
+        helptext = cidemo(command, "--help").out
+        assert "--dry-run" in helptext and "--yes" in helptext and "--site" in helptext
+    assert "--json" in cidemo("plan", "--help").out
