@@ -77,7 +77,7 @@ def make_site(client: docker.DockerClient, tmp: Path, **overrides: Any) -> TestS
         "target": "local",
         "network": {"cidr": str(free_subnet(client))},
         "services": {
-            "galera": {"cluster_name": name, "members": 3, "ttl": 6, "join_timeout": 120},
+            "galera": {"cluster_name": name, "members": 3, "ttl": 10, "join_timeout": 120},
             "proxy": {"kind": "haproxy", "rw_port": free_port(), "ro_port": free_port()},
             "jenkins": {"enabled": True, "image": "project:jenkins-standin", "port": free_port()},
             "etcd": {"port": free_port()},

@@ -98,7 +98,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
                     for n, ip in NODE_IPS.items()
                 ],
                 "services": {
-                    "galera": {"cluster_name": name, "ttl": 6, "join_timeout": 120},
+                    "galera": {"cluster_name": name, "ttl": 10, "join_timeout": 120},
                     "jenkins": {"image": "project:jenkins-standin"},
                 },
                 "timeouts": {"docker": 60, "etcd": 60, "health": 240},
