@@ -13,6 +13,7 @@ import click
 
 from cidemo_infra import lifecycle
 from cidemo_infra.console import Reporter
+from cidemo_infra.envs.commands import env
 from cidemo_infra.errors import EXIT_FAILED, EXIT_PLAN_CHANGES, EXIT_USAGE, CidemoError
 from cidemo_infra.site import load_site
 from cidemo_infra.site.schema import site_json_schema
@@ -226,6 +227,7 @@ def images(obj: Context, site_path: str, base_only: bool) -> None:
 
 
 cli.add_command(webhook)
+cli.add_command(env)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

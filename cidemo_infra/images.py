@@ -129,20 +129,57 @@ def ensure_images(
     return tags
 
 
+def build_app_image(
+    client: docker.DockerClient,
+    context: Path,
+    tag: str,
+    reporter: Reporter,
+    build_args: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> str:
+    """Build an app's image (e.g. examples/guestbook) from its own directory, on the same Debian
+    base and through the same build step as the project's images; returns `tag`."""
+    if not (context / "Dockerfile").is_file():
+        raise UsageError(f"app image {tag}: no Dockerfile in {context}")
+    base = base_image(client, reporter)
+    _build(
+        client,
+        "local",
+        context.name,
+        tag,
+        base,
+        reporter,
+        context=context,
+        dockerfile="Dockerfile",
+        build_args=build_args,
+        labels=labels,
+    )
+    return tag
+
+
 def _build(
-    client: docker.DockerClient, engine: str, name: str, tag: str, base: str, reporter: Reporter
+    client: docker.DockerClient,
+    engine: str,
+    name: str,
+    tag: str,
+    base: str,
+    reporter: Reporter,
+    context: Path = IMAGES_DIR,
+    dockerfile: str | None = None,
+    build_args: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> None:
     with reporter.progress(f"building {tag} on engine {engine}"):
         try:
             client.images.build(
-                path=str(IMAGES_DIR),
-                dockerfile=f"{name}/Dockerfile",
+                path=str(context),
+                dockerfile=dockerfile or f"{name}/Dockerfile",
                 tag=tag,
-                buildargs={"BASE_IMAGE": base},
+                buildargs={**(build_args or {}), "BASE_IMAGE": base},
                 rm=True,
                 forcerm=True,
                 network_mode="host",
-                labels={"io.cidemo.image": name},
+                labels={"io.cidemo.image": name, **(labels or {})},
             )
         except docker.errors.BuildError as exc:
             last = next(

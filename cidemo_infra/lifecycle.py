@@ -517,6 +517,11 @@ def destroy(
                 f"Remove everything of site '{site.name}'{what}?", default=False
             ):
                 raise click.exceptions.Abort
+            from cidemo_infra.envs.swarm import remove_site_apps  # envs build on this module
+
+            for client in unique_clients(clients).values():
+                for removed in remove_site_apps(client, site.name):
+                    reporter.line(f"removed {removed}")
             _remove_labelled(clients, doomed)
             if infrastructure is not None and infrastructure.has_changes:
                 target.destroy_infrastructure(site, state, reporter)

@@ -25,6 +25,7 @@ PROXY_RW_PORT = 4006
 PROXY_RO_PORT = 4008
 JENKINS_PORT = 8080
 ETCD_PORT = 2379
+ROUTER_PORT = 8000  # the app router's HTTP listener inside its container
 
 # Secrets reach containers as files under /etc/cidemo/secrets (copied in before start).
 GALERA_SECRETS = ("root_password", "sst_password", "monitor_password")
@@ -36,7 +37,7 @@ JENKINS_SECRETS = ("jenkins_admin_password",)
 class ContainerSpec:
     name: str
     node: str
-    role: str  # etcd | galera | dbproxy | jenkins
+    role: str  # etcd | galera | dbproxy | jenkins | router
     image: str
     engine: str
     env: tuple[tuple[str, str], ...] = ()
@@ -116,14 +117,25 @@ def image_refs(site: Site) -> dict[str, str]:
         refs["etcd"] = services.etcd.image or "project:etcd"
     if services.jenkins.enabled:
         refs["jenkins"] = services.jenkins.image or "project:jenkins"
+    if has_router(site):
+        refs["router"] = "project:router"
     return refs
+
+
+def has_router(site: Site) -> bool:
+    """The app router is placed for sites that configure environments on the swarm platform."""
+    return "environments" in site.model_fields_set and site.environments.platform == "swarm"
+
+
+def apps_domain(site: Site) -> str:
+    return site.environments.domain or site.domain
 
 
 def roles_by_engine(site: Site, inventory: Inventory) -> dict[str, set[str]]:
     """Which roles run on which engine (to know where each image must be present)."""
     out: dict[str, set[str]] = {}
     standalone = inventory.of_role("standalone")[0]
-    out.setdefault(standalone.engine, set()).update(("etcd", "dbproxy", "jenkins"))
+    out.setdefault(standalone.engine, set()).update(("etcd", "dbproxy", "jenkins", "router"))
     for node in inventory.of_role("deis")[: site.services.galera.members]:
         out.setdefault(node.engine, set()).add("galera")
     return out
@@ -209,11 +221,45 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
                 secrets=JENKINS_SECRETS,
             )
         )
+    if has_router(site):
+        specs.append(_router_spec(site, inventory, images["router"]))
     return specs
+
+
+def _router_spec(site: Site, inventory: Inventory, image: str) -> ContainerSpec:
+    """The app router: on the site network (it reads etcd there); the envs package attaches it to
+    the apps' overlay network too, where it resolves the app services by name."""
+    standalone = inventory.of_role("standalone")[0]
+    local = site.target == "local"
+    name = container_name(site, "router")
+    return ContainerSpec(
+        name=name,
+        node=standalone.name,
+        role="router",
+        image=image,
+        engine=standalone.engine,
+        env=(
+            ("ETCD_URL", etcd_url_in_cluster(site, inventory, standalone)),
+            ("ETCD_PREFIX", site.services.etcd.prefix),
+            ("APPS_DOMAIN", apps_domain(site)),
+            ("LISTEN_PORT", str(ROUTER_PORT)),
+        ),
+        # openstack: the default bridge, since containers on the host network cannot join overlays
+        network=network_name(site) if local else None,
+        ip=local_address(site, standalone.engine, ROUTER_HOST_INDEX) if local else None,
+        hostname=name,
+        ports=(
+            ((ROUTER_PORT, "127.0.0.1", site.environments.router_port),)
+            if local
+            else ((ROUTER_PORT, "0.0.0.0", 80),)
+        ),
+        site=site.name,
+    )
 
 
 ETCD_HOST_INDEX = 5  # local target: reserved addresses of the subnet (the nodes start at 10)
 JENKINS_HOST_INDEX = 6
+ROUTER_HOST_INDEX = 7
 
 
 def local_address(site: Site, engine: str, index: int) -> str:

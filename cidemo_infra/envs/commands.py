@@ -1,0 +1,254 @@
+"""`cidemo env up|down|list|promote|gc|refresh-staging`: the site's environments.
+
+Names: `pr-<n>-<app>` (previews), `stage-<app>`, `<app>` (production). Every command takes the
+site (`--site`, env CIDEMO_SITE) and its state directory, runs under the environment's lock
+(`--lock-wait` seconds to wait for another run), and prints one line per error (exit 1, or 2 for
+bad usage). Commands that remove or overwrite ask first unless `--yes` (or CIDEMO_YES=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from cidemo_infra.console import Reporter
+from cidemo_infra.envs import names, operations
+from cidemo_infra.envs.github import REPO_ENV, PullRequests
+from cidemo_infra.envs.names import Environment
+from cidemo_infra.errors import UsageError
+from cidemo_infra.site import Site, load_site
+from cidemo_infra.state import StateDir
+
+DEFAULT_SITE = "infra/sites/local.yaml"
+
+site_option = click.option(
+    "--site",
+    "site_path",
+    default=lambda: os.environ.get("CIDEMO_SITE", DEFAULT_SITE),
+    show_default=DEFAULT_SITE,
+    type=click.Path(dir_okay=False),
+    help="site file (env CIDEMO_SITE)",
+)
+state_option = click.option(
+    "--state-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="state directory (env CIDEMO_STATE_DIR; default .cidemo/<site>)",
+)
+lock_option = click.option(
+    "--lock-wait",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 3600),
+    help="seconds to wait for another run on the same environment",
+)
+dry_run_option = click.option("--dry-run", is_flag=True, help="print the plan and change nothing")
+yes_option = click.option("--yes", "-y", is_flag=True, help="do not ask (env CIDEMO_YES=1)")
+pr_option = click.option("--pr", type=click.IntRange(min=1), help="pull request number: a preview")
+staging_option = click.option("--staging", is_flag=True, help="the staging environment")
+production_option = click.option("--production", is_flag=True, help="the production environment")
+
+
+def _reporter() -> Reporter:
+    root = click.get_current_context().find_root().obj
+    reporter = getattr(root, "reporter", None)
+    return reporter if isinstance(reporter, Reporter) else Reporter()
+
+
+def _load(site_path: str, state_dir: str | None) -> tuple[Site, StateDir]:
+    site = load_site(site_path)
+    return site, StateDir.resolve(site.name, state_dir)
+
+
+def _is_yes(yes: bool) -> bool:
+    return yes or os.environ.get("CIDEMO_YES", "") in ("1", "true", "yes")
+
+
+def _chosen(site: Site, pr: int | None, staging: bool, production: bool) -> Environment:
+    if sum((pr is not None, staging, production)) != 1:
+        raise UsageError("name exactly one environment: --pr N, --staging or --production")
+    app = site.environments.app
+    if pr is not None:
+        return names.preview(pr, app)
+    return names.staging(app) if staging else names.production(app)
+
+
+@click.group()
+def env() -> None:
+    """Preview, staging and production environments: app plus database."""
+
+
+@env.command()
+@site_option
+@state_option
+@pr_option
+@staging_option
+@production_option
+@click.option("--ref", required=True, help="the commit the image was built from")
+@click.option("--image", default=None, help="image to run (default: environments.image)")
+@click.option("--fork", is_flag=True, help="a pull request from a fork: no app secrets")
+@dry_run_option
+@lock_option
+def up(
+    site_path: str,
+    state_dir: str | None,
+    pr: int | None,
+    staging: bool,
+    production: bool,
+    ref: str,
+    image: str | None,
+    fork: bool,
+    dry_run: bool,
+    lock_wait: float,
+) -> None:
+    """Create or update an environment; prints its URL."""
+    site, state = _load(site_path, state_dir)
+    target = _chosen(site, pr, staging, production)
+    names.validate_ref(ref)
+    chosen = names.validate_image(image) if image else None
+    with operations.open_envs(site, state, _reporter(), lock_wait) as ctx:
+        wanted = chosen or names.image_for(site.environments.image, ctx.app, ref)
+        if dry_run:
+            for line in operations.plan_up(ctx, target, wanted).lines():
+                ctx.reporter.line(line)
+            return
+        url = operations.up(ctx, target, ref, wanted, is_fork=fork)
+    click.echo(url)
+
+
+@env.command()
+@site_option
+@state_option
+@pr_option
+@staging_option
+@production_option
+@dry_run_option
+@yes_option
+@lock_option
+def down(
+    site_path: str,
+    state_dir: str | None,
+    pr: int | None,
+    staging: bool,
+    production: bool,
+    dry_run: bool,
+    yes: bool,
+    lock_wait: float,
+) -> None:
+    """Remove an environment: its app, its database and the database's user."""
+    site, state = _load(site_path, state_dir)
+    target = _chosen(site, pr, staging, production)
+    database = operations.database_of(target)
+    what = f"{target.name} (app, database {database} and its user)"
+    if dry_run:
+        click.echo(f"would remove {what}")
+        return
+    if not _is_yes(yes) and not click.confirm(f"Remove {what}?", default=False):
+        raise click.exceptions.Abort
+    with operations.open_envs(site, state, _reporter(), lock_wait) as ctx:
+        removed = operations.down(ctx, target)
+    click.echo(f"removed {what}" if removed else f"no changes: {target.name} does not exist")
+
+
+@env.command("list")
+@site_option
+@state_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def list_(site_path: str, state_dir: str | None, as_json: bool) -> None:
+    """List the environments: name, kind, image, URL, database, last update."""
+    site, state = _load(site_path, state_dir)
+    reporter = _reporter()
+    with operations.open_envs(site, state, reporter) as ctx:
+        rows = operations.list_envs(ctx)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+    headers = ["name", "kind", "image", "url", "database", "updated"]
+    reporter.table(headers, [[r.as_dict()[h] for h in headers] for r in rows])
+
+
+@env.command()
+@site_option
+@state_option
+@dry_run_option
+@lock_option
+def promote(site_path: str, state_dir: str | None, dry_run: bool, lock_wait: float) -> None:
+    """Run in production exactly the image staging runs."""
+    site, state = _load(site_path, state_dir)
+    with operations.open_envs(site, state, _reporter(), lock_wait) as ctx:
+        if dry_run:
+            stage = names.staging(ctx.app)
+            image = ctx.platform.image_of(stage)
+            if image is None:
+                raise UsageError(f"staging ({stage.name}) runs nothing to promote")
+            for line in operations.plan_up(ctx, names.production(ctx.app), image).lines():
+                ctx.reporter.line(line)
+            return
+        image, url = operations.promote(ctx)
+    click.echo(f"{url} runs {image}")
+
+
+@env.command()
+@site_option
+@state_option
+@click.option(
+    "--repo",
+    default=lambda: os.environ.get(REPO_ENV, ""),
+    help=f"owner/name to ask GitHub about pull requests (env {REPO_ENV}; needs a token)",
+)
+@dry_run_option
+@yes_option
+@lock_option
+def gc(
+    site_path: str, state_dir: str | None, repo: str, dry_run: bool, yes: bool, lock_wait: float
+) -> None:
+    """Remove previews whose pull request is closed or that are idle past preview_ttl_hours."""
+    site, state = _load(site_path, state_dir)
+    reporter = _reporter()
+    with operations.open_envs(site, state, reporter, lock_wait) as ctx:
+        github = PullRequests.from_env()
+        doomed = operations.gc(ctx, dry_run=True, github=github, repo=repo)
+        if not doomed:
+            reporter.line("no changes: no preview to collect")
+            return
+        for item in doomed:
+            reporter.line(f"{'would remove' if dry_run else 'remove'} {item.env}: {item.reason}")
+        if dry_run:
+            return
+        if not _is_yes(yes) and not click.confirm(
+            f"Remove {len(doomed)} preview(s) with their databases?", default=False
+        ):
+            raise click.exceptions.Abort
+        for item in doomed:
+            operations.down(ctx, names.parse(item.env, ctx.app))
+    reporter.line(f"removed {len(doomed)} preview(s)")
+
+
+@env.command("refresh-staging")
+@site_option
+@state_option
+@dry_run_option
+@yes_option
+@lock_option
+def refresh_staging(
+    site_path: str, state_dir: str | None, dry_run: bool, yes: bool, lock_wait: float
+) -> None:
+    """Back up production's database and restore it into staging's (replacing its data)."""
+    site, state = _load(site_path, state_dir)
+    app = site.environments.app
+    source = operations.database_of(names.production(app))
+    target = operations.database_of(names.staging(app))
+    folder = operations.backup_dir(site, state)
+    if dry_run:
+        click.echo(f"would back up {source} into {folder} and restore it into {target}")
+        return
+    if not _is_yes(yes) and not click.confirm(
+        f"Replace the data of {target} with a backup of {source}?", default=False
+    ):
+        raise click.exceptions.Abort
+    with operations.open_envs(site, state, _reporter(), lock_wait) as ctx:
+        done = operations.refresh_staging(ctx)
+    click.echo(f"{target} now holds {source} ({done.tables} tables, {done.rows} rows)")
+    click.echo(f"backup: {done.backup}")

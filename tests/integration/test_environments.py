@@ -1,0 +1,649 @@
+"""Environments end to end on the real engine: GitHub deliveries to the real `cidemo webhook
+serve`, previews with their own cloned databases behind the router, staging, production, limits,
+garbage collection and the staging refresh.
+
+The tests of this module share one provisioned site and run in order, as a team's day would. The
+app is examples/guestbook, built offline and tagged for two made-up commits whose pages differ.
+GitHub is not involved: deliveries are the fixtures of tests/data/github, rewritten (numbers,
+commits) and signed with the site's webhook secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import http.client
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import docker
+import pymysql
+import pytest
+
+from cidemo_infra import images
+from cidemo_infra.console import Reporter
+from cidemo_infra.envs import records
+from cidemo_infra.envs.swarm import remove_site_apps
+from cidemo_infra.registry.keys import Registry
+from cidemo_infra.state import StateDir
+from cidemo_infra.webhook.signature import sign
+from tests.conftest import REPO, Run
+from tests.integration.conftest import TestSite, free_port, make_site, remove_site
+
+pytestmark = pytest.mark.integration
+
+GITHUB = REPO / "tests" / "data" / "github"
+GUESTBOOK = REPO / "examples" / "guestbook"
+APP = "guestbook"
+DOMAIN = "cidemo.test"
+WAIT = 240.0  # seconds for a delivery to become a running environment
+SHA_A, SHA_B, SHA_C = (secrets.token_hex(20) for _ in range(3))
+PR_ONE, PR_TWO = 11, 12
+# `cidemo env` is registered in the CLI by the lead; this runs the same entry point with it added.
+ENV_CLI = (
+    "import sys; from cidemo_infra.cli import cli, main; "
+    "from cidemo_infra.envs.commands import env; cli.add_command(env); main(sys.argv[1:])"
+)
+T = TypeVar("T")
+
+
+@dataclass
+class Env:
+    site: TestSite
+    webhook: str  # http://127.0.0.1:<port>/github
+    secret: str
+    router_port: int
+    sent: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)
+
+    def cli(self, *args: str, timeout: float = 600) -> Run:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                ENV_CLI,
+                "env",
+                *args,
+                "--site",
+                str(self.site.path),
+                "--state-dir",
+                str(self.site.state),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "NO_COLOR": "1"},
+            cwd=REPO,
+            timeout=timeout,
+            check=False,
+        )
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    def deliver(
+        self, event: str, payload: dict[str, Any], delivery: str | None = None
+    ) -> tuple[int, str, str]:
+        body = json.dumps(payload).encode()
+        delivery = delivery or str(uuid.uuid4())
+        host, port = self.webhook.split("//")[1].split("/")[0].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request(
+                "POST",
+                "/github",
+                body=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-GitHub-Event": event,
+                    "X-GitHub-Delivery": delivery,
+                    "X-Hub-Signature-256": sign(self.secret, body),
+                    "User-Agent": "GitHub-Hookshot/test",
+                },
+            )
+            response = conn.getresponse()
+            return response.status, response.read().decode().strip(), delivery
+        finally:
+            conn.close()
+
+    def page(self, env: str) -> tuple[int, Any]:
+        """GET / of an environment through the router, by its host name."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.router_port, timeout=10)
+        try:
+            conn.request(
+                "GET", "/", headers={"Host": f"{env}.{DOMAIN}", "Accept": "application/json"}
+            )
+            response = conn.getresponse()
+            raw = response.read().decode()
+        except OSError as exc:
+            return 0, str(exc)
+        finally:
+            conn.close()
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, raw
+
+    def serving(self, env: str, version: str | None = None) -> dict[str, Any] | None:
+        """The page of `env` once it answers 200 (running `version`, when given)."""
+        status, page = self.page(env)
+        if status != 200 or not isinstance(page, dict):
+            return None
+        return page if version is None or page.get("version") == version else None
+
+    def post(self, env: str, message: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", self.router_port, timeout=10)
+        try:
+            body = f"message={message}"
+            conn.request(
+                "POST",
+                "/",
+                body=body,
+                headers={
+                    "Host": f"{env}.{DOMAIN}",
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
+            )
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    def root(self) -> pymysql.connections.Connection:
+        return self.connect("root", self.site.secret("root_password"))
+
+    def connect(self, user: str, password: str) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            host="127.0.0.1",
+            port=self.site.rw_port,
+            user=user,
+            password=password,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def rows(self, database: str) -> list[str]:
+        conn = self.root()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT message FROM `{database}`.entries ORDER BY id")
+                return [r[0] for r in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def exists(self, sql: str, *args: Any) -> bool:
+        conn = self.root()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchone() is not None
+        finally:
+            conn.close()
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = WAIT) -> T:
+    """Poll `probe` every second until it returns something; fail naming `what` and the last."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            got = probe()
+        except Exception as exc:  # a probe racing a deployment may fail on the way
+            got, last = None, f"{type(exc).__name__}: {exc}"
+        if got is not None:
+            return got
+        time.sleep(1.0)
+    pytest.fail(f"{what} not within {timeout:.0f} s (last: {last})")
+
+
+def payload(name: str, **changes: Any) -> dict[str, Any]:
+    data = json.loads((GITHUB / f"{name}.json").read_text())
+    data = copy.deepcopy(data)
+    for path, value in changes.items():
+        node = data
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return data
+
+
+def pull_request(action: str, number: int, sha: str) -> dict[str, Any]:
+    return payload(
+        f"pull_request.{action}",
+        number=number,
+        pull_request__number=number,
+        pull_request__head__sha=sha,
+    )
+
+
+def service(engine: docker.DockerClient, site: TestSite, env: str) -> dict[str, Any] | None:
+    try:
+        return dict(engine.api.inspect_service(f"cidemo-{site.name}-app-{env}"))
+    except docker.errors.NotFound:
+        return None
+
+
+def service_image(engine: docker.DockerClient, site: TestSite, env: str) -> str | None:
+    found = service(engine, site, env)
+    return None if found is None else found["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+
+
+def running_image_id(engine: docker.DockerClient, site: TestSite, env: str) -> str:
+    flt = {"label": f"com.docker.swarm.service.name=cidemo-{site.name}-app-{env}"}
+    ids = {c.image.id for c in engine.containers.list(filters=flt)}
+    assert len(ids) == 1, ids
+    return ids.pop()
+
+
+@pytest.fixture(scope="module")
+def site(
+    engine: docker.DockerClient,
+    tmp_path_factory: pytest.TempPathFactory,
+    app_images: dict[str, str],
+) -> Iterator[TestSite]:
+    """The site; its services go before the images they run are untagged."""
+    made = make_site(
+        engine,
+        tmp_path_factory.mktemp("envs"),
+        domain=DOMAIN,
+        environments={
+            "app": APP,
+            "app_port": 8080,
+            "image": "cidemo/guestbook:{sha}",
+            "router_port": free_port(),
+            "max_previews": 2,
+            "preview_ttl_hours": 24,
+        },
+    )
+    try:
+        yield made
+    finally:
+        remove_site_apps(engine, made.name)
+        remove_site([engine], made.name)
+
+
+@pytest.fixture(scope="module")
+def app_images(engine: docker.DockerClient) -> Iterator[dict[str, str]]:
+    made: dict[str, str] = {}
+    try:
+        for sha in (SHA_A, SHA_B):
+            tag = f"cidemo/guestbook:{sha}"
+            images.build_app_image(
+                engine,
+                GUESTBOOK,
+                tag,
+                Reporter(quiet=True),
+                build_args={"APP_VERSION": sha},
+                labels={"io.cidemo.test": "environments", "org.example.commit": sha},
+            )
+            made[sha] = tag
+        yield made
+    finally:
+        for tag in made.values():
+            with contextlib.suppress(docker.errors.APIError):
+                engine.images.remove(tag)
+
+
+@pytest.fixture(scope="module")
+def envs(site: TestSite) -> Iterator[Env]:
+    result = site.cidemo("provision")
+    assert result.rc == 0, result.err + result.out
+    secret = secrets.token_urlsafe(24)
+    path = site.state / "secrets" / "webhook_secret"
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    port = free_port()
+    log = (site.state / "webhook.log").open("w")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIDEMO_GITHUB")}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cidemo_infra",
+            "webhook",
+            "serve",
+            "--site",
+            str(site.path),
+            "--state-dir",
+            str(site.state),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "3",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**env, "NO_COLOR": "1"},
+        cwd=REPO,
+    )
+    try:
+        wait_for("the webhook server to listen", lambda: _listens(port) or None, 30)
+        yield Env(
+            site,
+            f"http://127.0.0.1:{port}/github",
+            secret,
+            int(site.data["environments"]["router_port"]),
+        )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+        log.close()
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+STAGE_ROWS = ["seeded in staging 1", "seeded in staging 2"]
+APP_SECRET = "S3_ACCESS_KEY"
+
+
+def test_staging_database_and_an_app_secret_are_in_place(envs: Env) -> None:
+    folder = envs.site.state / "secrets" / "app"
+    folder.mkdir(mode=0o700)
+    (folder / APP_SECRET).write_text(secrets.token_urlsafe(24) + "\n")
+    (folder / APP_SECRET).chmod(0o600)
+    conn = envs.root()
+    with conn.cursor() as cur:
+        cur.execute("CREATE DATABASE stage_guestbook CHARACTER SET utf8mb4")
+        cur.execute(
+            "CREATE TABLE stage_guestbook.entries (id INT AUTO_INCREMENT PRIMARY KEY, "
+            "message VARCHAR(500) NOT NULL, "
+            "created TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        )
+        cur.executemany(
+            "INSERT INTO stage_guestbook.entries (message) VALUES (%s)", [(r,) for r in STAGE_ROWS]
+        )
+    conn.close()
+    assert envs.rows("stage_guestbook") == STAGE_ROWS
+
+
+def test_opened_pull_request_gets_a_preview_on_its_own_database(
+    engine: docker.DockerClient, envs: Env
+) -> None:
+    env = f"pr-{PR_ONE}-{APP}"
+    opened = pull_request("opened", PR_ONE, SHA_A)
+    status, text, delivery = envs.deliver("pull_request", opened)
+    assert status == 202, text
+    envs.sent["opened"] = (opened, delivery)
+    page = wait_for(
+        f"{env} answering through the router",
+        lambda: envs.serving(env),
+    )
+    assert page["version"] == SHA_A
+    assert page["database"] == f"pr_{PR_ONE}"
+    assert [e["message"] for e in page["entries"]] == STAGE_ROWS
+    assert envs.post(env, "written in the preview") == 303
+    assert envs.rows(f"pr_{PR_ONE}") == [*STAGE_ROWS, "written in the preview"]
+    assert envs.rows("stage_guestbook") == STAGE_ROWS
+    assert envs.page(f"pr-999-{APP}")[0] == 404
+
+    spec = service(engine, envs.site, env)
+    assert spec is not None
+    labels = spec["Spec"]["Labels"]
+    assert labels["io.cidemo.site"] == envs.site.name
+    assert labels["io.cidemo.role"] == "app"
+    assert labels["io.cidemo.env"] == env
+    container = spec["Spec"]["TaskTemplate"]["ContainerSpec"]
+    settings = dict(e.split("=", 1) for e in container["Env"])
+    assert settings["DB_HOST"] == f"cidemo-{envs.site.name}-dbproxy"
+    assert settings["DB_PASS_FILE"] == "/run/secrets/db_pass"
+    assert settings["NODE_ENV"] == "production"
+    assert "DB_PASS" not in settings
+    assert settings["S3_ACCESS_KEY_FILE"] == "/run/secrets/s3_access_key"
+    assert sorted(s["File"]["Name"] for s in container["Secrets"]) == ["db_pass", "s3_access_key"]
+    update = spec["Spec"]["UpdateConfig"]
+    assert (update["Order"], update["FailureAction"]) == ("start-first", "rollback")
+    registry = Registry(f"http://127.0.0.1:{envs.site.data['services']['etcd']['port']}")
+    assert registry.get(f"/services/apps/{env}") == f"cidemo-{envs.site.name}-app-{env}:8080"
+
+
+def test_synchronize_runs_the_new_commit_on_the_same_database(
+    engine: docker.DockerClient, envs: Env
+) -> None:
+    env = f"pr-{PR_ONE}-{APP}"
+    status, text, _ = envs.deliver("pull_request", pull_request("synchronize", PR_ONE, SHA_B))
+    assert status == 202, text
+    page = wait_for(
+        f"{env} serving {SHA_B[:12]}",
+        lambda: envs.serving(env, SHA_B),
+    )
+    assert [e["message"] for e in page["entries"]] == [*STAGE_ROWS, "written in the preview"]
+    assert service_image(engine, envs.site, env) == f"cidemo/guestbook:{SHA_B}"
+
+
+def test_a_replayed_delivery_does_nothing(engine: docker.DockerClient, envs: Env) -> None:
+    env = f"pr-{PR_ONE}-{APP}"
+    body, delivery = envs.sent["opened"]
+    status, text, _ = envs.deliver("pull_request", body, delivery)
+    assert (status, text) == (200, "duplicate delivery")
+    time.sleep(10)  # what a replay queued would have started by now: back to the opened commit
+    assert service_image(engine, envs.site, env) == f"cidemo/guestbook:{SHA_B}"
+    assert envs.page(env)[1]["version"] == SHA_B
+
+
+def test_a_forks_preview_gets_only_its_database_credentials(
+    engine: docker.DockerClient, envs: Env
+) -> None:
+    env = f"pr-{PR_TWO}-{APP}"
+    labeled = payload(
+        "pull_request.labeled-fork",
+        number=PR_TWO,
+        pull_request__number=PR_TWO,
+        pull_request__head__sha=SHA_A,
+    )
+    status, text, _ = envs.deliver("pull_request", labeled)
+    assert status == 202 and "(fork)" in text, text
+    page = wait_for(f"{env} answering", lambda: envs.serving(env))
+    assert [e["message"] for e in page["entries"]] == STAGE_ROWS
+    spec = service(engine, envs.site, env)
+    assert spec is not None
+    container = spec["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert [s["File"]["Name"] for s in container["Secrets"]] == ["db_pass"]
+    assert not any(e.startswith("S3_ACCESS_KEY") for e in container["Env"])
+
+
+def test_two_previews_cannot_read_each_others_database(envs: Env) -> None:
+
+    one = envs.site.secret(f"app-db-pr-{PR_ONE}-{APP}")
+    two = envs.site.secret(f"app-db-pr-{PR_TWO}-{APP}")
+    assert one != two
+    conn = envs.connect(f"pr_{PR_ONE}", one)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM pr_{PR_ONE}.entries")
+        assert cur.fetchone()[0] == 3
+        for other in (f"pr_{PR_TWO}", "stage_guestbook"):
+            with pytest.raises(pymysql.err.OperationalError) as denied:
+                cur.execute(f"SELECT COUNT(*) FROM {other}.entries")
+            assert denied.value.args[0] in (1142, 1044), denied.value
+        cur.execute("SHOW DATABASES")
+        assert {r[0] for r in cur.fetchall()} == {"information_schema", f"pr_{PR_ONE}"}
+    conn.close()
+    with pytest.raises(pymysql.err.OperationalError):
+        envs.connect(f"pr_{PR_TWO}", one)
+
+
+def test_env_up_past_max_previews_fails_with_one_line(
+    engine: docker.DockerClient, envs: Env
+) -> None:
+    result = envs.cli("up", "--pr", "99", "--ref", SHA_A, "--image", f"cidemo/guestbook:{SHA_A}")
+    assert result.rc == 1, result.err
+    assert result.out == ""
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert "environments.max_previews: 2 previews exist" in lines[0]
+    assert f"pr-{PR_ONE}-{APP}" in lines[0] and f"pr-99-{APP}" in lines[0]
+    assert service(engine, envs.site, f"pr-99-{APP}") is None
+    assert not envs.exists("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME='pr_99'")
+
+
+def test_env_list_shows_the_previews(envs: Env) -> None:
+    result = envs.cli("list", "--json")
+    assert result.rc == 0, result.err
+    rows = {r["name"]: r for r in json.loads(result.out)}
+    one = rows[f"pr-{PR_ONE}-{APP}"]
+    assert one["kind"] == "preview"
+    assert one["image"] == f"cidemo/guestbook:{SHA_B}"
+    assert one["database"] == f"pr_{PR_ONE}"
+    assert one["url"] == f"http://pr-{PR_ONE}-{APP}.{DOMAIN}:{envs.router_port}/"
+    assert one["updated"]
+
+
+def test_closed_pull_request_removes_app_database_and_user(
+    engine: docker.DockerClient, envs: Env
+) -> None:
+    env = f"pr-{PR_ONE}-{APP}"
+    closed = payload(
+        "pull_request.closed-merged",
+        number=PR_ONE,
+        pull_request__number=PR_ONE,
+        pull_request__head__sha=SHA_B,
+    )
+    status, text, _ = envs.deliver("pull_request", closed)
+    assert status == 202, text
+    wait_for(f"{env}'s service removed", lambda: service(engine, envs.site, env) is None or None)
+    wait_for(
+        f"database pr_{PR_ONE} dropped",
+        lambda: (
+            not envs.exists(
+                "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", f"pr_{PR_ONE}"
+            )
+            or None
+        ),
+    )
+    assert not envs.exists("SELECT 1 FROM mysql.user WHERE User = %s", f"pr_{PR_ONE}")
+    wait_for(f"{env} unrouted", lambda: envs.page(env)[0] == 404 or None, 30)
+    flt = {"label": [f"io.cidemo.site={envs.site.name}", f"io.cidemo.env={env}"]}
+    wait_for(f"{env}'s secrets removed", lambda: not engine.api.secrets(filters=flt) or None, 60)
+    assert not (envs.site.state / "secrets" / f"app-db-{env}").exists()
+
+
+def test_push_to_development_updates_staging(engine: docker.DockerClient, envs: Env) -> None:
+    env = f"stage-{APP}"
+    status, text, _ = envs.deliver("push", payload("push.development", after=SHA_B))
+    assert status == 202, text
+    page = wait_for(
+        f"{env} serving {SHA_B[:12]}",
+        lambda: envs.serving(env, SHA_B),
+    )
+    assert page["database"] == "stage_guestbook"
+    assert [e["message"] for e in page["entries"]] == STAGE_ROWS
+
+
+def test_push_to_master_runs_stagings_image_in_production(
+    engine: docker.DockerClient, envs: Env
+) -> None:
+    status, text, _ = envs.deliver("push", payload("push.master", after=SHA_B))
+    assert status == 202, text
+    page = wait_for(
+        "production answering",
+        lambda: envs.serving(APP),
+    )
+    assert page["version"] == SHA_B
+    assert page["database"] == APP
+    staging = service_image(engine, envs.site, f"stage-{APP}")
+    assert service_image(engine, envs.site, APP) == staging
+    assert running_image_id(engine, envs.site, APP) == running_image_id(
+        engine, envs.site, f"stage-{APP}"
+    )
+
+
+def test_production_takes_stagings_exact_image_not_the_template(
+    engine: docker.DockerClient, envs: Env
+) -> None:
+    # staging runs commit C from the image built for A (say, a retagged release candidate):
+    # the template's image for C does not exist, staging's does
+    result = envs.cli("up", "--staging", "--ref", SHA_C, "--image", f"cidemo/guestbook:{SHA_A}")
+    assert result.rc == 0, result.err
+    status, text, _ = envs.deliver("push", payload("push.master", after=SHA_C))
+    assert status == 202, text
+    wait_for(
+        "production on staging's image",
+        lambda: service_image(engine, envs.site, APP) == f"cidemo/guestbook:{SHA_A}" or None,
+    )
+    wait_for(
+        "production serving it",
+        lambda: envs.serving(APP, SHA_A),
+    )
+
+
+def test_promote_moves_stagings_image(engine: docker.DockerClient, envs: Env) -> None:
+    assert envs.cli("up", "--staging", "--ref", SHA_B).rc == 0
+    result = envs.cli("promote")
+    assert result.rc == 0, result.err
+    assert f"cidemo/guestbook:{SHA_B}" in result.out
+    assert service_image(engine, envs.site, APP) == f"cidemo/guestbook:{SHA_B}"
+    again = envs.cli("promote")
+    assert again.rc == 0, again.err
+
+
+def test_refresh_staging_restores_production_into_staging(envs: Env) -> None:
+    assert envs.post(APP, "written in production") == 303
+    production = envs.rows(APP)
+    assert production == ["written in production"]
+    result = envs.cli("refresh-staging", "--yes")
+    assert result.rc == 0, result.err
+    assert "stage_guestbook now holds guestbook" in result.out
+    assert envs.rows("stage_guestbook") == production
+    backups = list((envs.site.state / "backups").iterdir())
+    assert len(backups) == 1 and backups[0].name.startswith("guestbook-")
+    page = wait_for(
+        "staging showing production's rows",
+        lambda: envs.serving(f"stage-{APP}"),
+        30,
+    )
+    assert [e["message"] for e in page["entries"]] == production
+
+
+def test_gc_removes_a_preview_marked_closed(engine: docker.DockerClient, envs: Env) -> None:
+    env = f"pr-{PR_TWO}-{APP}"
+    dry = envs.cli("gc", "--dry-run")
+    assert dry.rc == 0 and "no changes" in dry.out, dry.out + dry.err
+    records.mark_closed(StateDir(envs.site.state, envs.site.name), PR_TWO)
+    dry = envs.cli("gc", "--dry-run")
+    assert f"would remove {env}: pull request #{PR_TWO} is closed" in dry.out
+    assert service(engine, envs.site, env) is not None
+    result = envs.cli("gc", "--yes")
+    assert result.rc == 0, result.err
+    assert service(engine, envs.site, env) is None
+    assert not envs.exists(
+        "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", f"pr_{PR_TWO}"
+    )
+    assert "no changes" in envs.cli("gc", "--yes").out
+
+
+def test_the_site_stays_converged_with_environments_running(envs: Env) -> None:
+    plan = envs.site.cidemo("plan", "--json")
+    assert plan.rc == 0, plan.out + plan.err
+    assert json.loads(plan.out)["actions"] == []
+
+
+def test_no_database_password_in_specs_labels_env_or_logs(
+    engine: docker.DockerClient, envs: Env
+) -> None:
+    values = [envs.site.secret(f"app-db-{e}") for e in (f"stage-{APP}", APP)]
+    values.append(envs.site.secret(f"app/{APP_SECRET}"))
+    texts = [envs.cli("list", "--json").out, (envs.site.state / "webhook.log").read_text()]
+    for name in (f"stage-{APP}", APP):
+        texts.append(json.dumps(service(engine, envs.site, name)))
+    flt = {"label": f"io.cidemo.apps-of={envs.site.name}"}
+    for container in engine.containers.list(all=True, filters=flt):
+        texts.append(json.dumps(container.attrs["Config"]))
+        texts.append(container.logs().decode(errors="replace"))
+    router = engine.containers.get(f"cidemo-{envs.site.name}-router")
+    texts.append(router.logs().decode(errors="replace"))
+    for value in values:
+        assert len(value) >= 16
+        assert not any(value in t for t in texts)
