@@ -23,6 +23,7 @@ from typing import Any
 import docker
 import yaml
 
+from cidemo_infra import bench_clone, bench_envs
 from cidemo_infra.console import Reporter
 from cidemo_infra.galera.member import member_status
 
@@ -35,6 +36,13 @@ BENCH_SITE = {
         "proxy": {"rw_port": 24006, "ro_port": 24008},
         "jenkins": {"enabled": True, "image": "project:jenkins-standin", "port": 28080},
         "etcd": {"port": 24379},
+    },
+    "environments": {
+        "app": "guestbook",
+        "app_port": 8080,
+        "image": "cidemo/guestbook:{sha}",
+        "router_port": 28000,
+        "max_previews": 6,
     },
 }
 
@@ -198,6 +206,14 @@ def _compose(compose: str, compose_file: Path, *args: str) -> float:
     return time.monotonic() - start
 
 
+def _section(name: str, measure: Callable[[], list[list[str]]]) -> list[list[str]]:
+    """A section's rows, or one row saying why it could not be measured (the rest still runs)."""
+    try:
+        return measure()
+    except Exception as exc:
+        return [[name, "not measured", f"{type(exc).__name__}: {exc}"[:80], "-"]]
+
+
 def main() -> None:
     reporter = Reporter()
     client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
@@ -219,6 +235,10 @@ def main() -> None:
             c.labels.get("io.cidemo.role"): c.attrs["Config"]["Image"]
             for c in client.containers.list(filters={"label": "io.cidemo.site=bench"})
         }
+        sections = _section("environments", lambda: bench_envs.run(site, state))
+        password = (state / "secrets" / "root_password").read_text().strip()
+        rw = ("127.0.0.1", int(BENCH_SITE["services"]["proxy"]["rw_port"]))  # type: ignore[index]
+        sections += _section("database clone", lambda: bench_clone.run(rw, password))
         compose_file = work / "compose.yaml"
         _compose_file(client, "bench", compose_file)
         _cidemo(site, state, "destroy", "--purge")
@@ -247,6 +267,7 @@ def main() -> None:
                 f"{noop / compose_noop:.2f}x",
             ]
         )
+        rows += sections
     finally:
         subprocess.run(
             [

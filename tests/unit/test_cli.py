@@ -68,3 +68,17 @@ def test_every_documented_command_exists(cidemo) -> None:
         helptext = cidemo(command, "--help").out
         assert "--dry-run" in helptext and "--yes" in helptext and "--site" in helptext
     assert "--json" in cidemo("plan", "--help").out
+
+
+def test_every_jenkins_job_calls_the_cli_with_options_it_has(cidemo) -> None:
+    """The jobs in infra/jenkins/ call `cidemo`; a renamed option must break this test first."""
+    import re
+    import shlex
+
+    calls = re.findall(r"exec cidemo (.+)", (REPO / "infra/jenkins/jobs.yaml").read_text())
+    assert len(calls) == 5
+    for call in calls:
+        line = re.sub(r"\$\{\{[^}]*\}\}|\$\{[^}]*\}|\$[A-Z_]+", "1", call)
+        args = [a for a in shlex.split(line)]
+        result = cidemo(*args, "--help")
+        assert result.rc == 0, f"cidemo {call}: {result.err.strip()}"
