@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -15,12 +14,19 @@ from cidemo_infra import lifecycle
 from cidemo_infra.console import Reporter
 from cidemo_infra.envs.commands import env
 from cidemo_infra.errors import EXIT_FAILED, EXIT_PLAN_CHANGES, EXIT_USAGE, CidemoError
+from cidemo_infra.options import (
+    dry_run_option,
+    is_yes,
+    json_option,
+    lock_option,
+    site_option,
+    state_option,
+    yes_option,
+)
 from cidemo_infra.site import load_site
 from cidemo_infra.site.schema import site_json_schema
 from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.commands import webhook
-
-DEFAULT_SITE = "infra/sites/local.yaml"
 
 
 @dataclass
@@ -29,34 +35,7 @@ class Context:
     reporter: Reporter
 
 
-def _is_yes(yes: bool) -> bool:
-    return yes or os.environ.get("CIDEMO_YES", "") in ("1", "true", "yes")
-
-
-site_option = click.option(
-    "--site",
-    "site_path",
-    default=lambda: os.environ.get("CIDEMO_SITE", DEFAULT_SITE),
-    show_default=DEFAULT_SITE,
-    type=click.Path(dir_okay=False),
-    help="site file (env CIDEMO_SITE)",
-)
-state_option = click.option(
-    "--state-dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="state directory (env CIDEMO_STATE_DIR; default .cidemo/<site>)",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-dry_run_option = click.option("--dry-run", is_flag=True, help="print the plan and change nothing")
-yes_option = click.option("--yes", "-y", is_flag=True, help="do not ask (env CIDEMO_YES=1)")
-lock_option = click.option(
-    "--lock-wait",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="seconds to wait for another run on the same site",
-)
+lock_site = lock_option("site")
 
 
 def _load(site_path: str, state_dir: str | None) -> tuple[Any, StateDir]:
@@ -122,7 +101,7 @@ def plan(
 @state_option
 @dry_run_option
 @yes_option
-@lock_option
+@lock_site
 @click.pass_obj
 def provision(
     obj: Context, site_path: str, state_dir: str | None, dry_run: bool, yes: bool, lock_wait: float
@@ -130,7 +109,7 @@ def provision(
     """Create or converge the site: infrastructure, services, then the smoke checks."""
     site, state = _load(site_path, state_dir)
     lifecycle.provision(
-        site, state, site_path, obj.reporter, dry_run=dry_run, yes=_is_yes(yes), lock_wait=lock_wait
+        site, state, site_path, obj.reporter, dry_run=dry_run, yes=is_yes(yes), lock_wait=lock_wait
     )
 
 
@@ -139,7 +118,7 @@ def provision(
 @state_option
 @dry_run_option
 @yes_option
-@lock_option
+@lock_site
 @click.option("--purge", is_flag=True, help="also remove the site's volumes (database data)")
 @click.option("--sweep", is_flag=True, help="openstack: delete resources Terraform left behind")
 @click.pass_obj
@@ -161,7 +140,7 @@ def destroy(
         site_path,
         obj.reporter,
         dry_run=dry_run,
-        yes=_is_yes(yes),
+        yes=is_yes(yes),
         lock_wait=lock_wait,
         purge=purge,
         sweep=sweep,
@@ -205,14 +184,14 @@ def smoke(obj: Context, site_path: str, state_dir: str | None, as_json: bool) ->
 @site_option
 @state_option
 @yes_option
-@lock_option
+@lock_site
 @click.pass_obj
 def recover(
     obj: Context, site_path: str, state_dir: str | None, yes: bool, lock_wait: float
 ) -> None:
     """After a crash of every member: bootstrap from the most advanced one, rejoin the others."""
     site, state = _load(site_path, state_dir)
-    lifecycle.recover(site, state, obj.reporter, yes=_is_yes(yes), lock_wait=lock_wait)
+    lifecycle.recover(site, state, obj.reporter, yes=is_yes(yes), lock_wait=lock_wait)
 
 
 @cli.command()

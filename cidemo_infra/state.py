@@ -96,24 +96,30 @@ class StateDir:
         write_private(path, value + "\n")
         return value
 
-    @contextlib.contextmanager
-    def lock(self, wait: float = 0.0) -> Iterator[None]:
+    def lock(self, wait: float = 0.0) -> contextlib.AbstractContextManager[None]:
         """Hold the site's lock; a second mutating run waits up to `wait` seconds, then fails."""
         self.ensure()
-        fh = open(self.path / ".lock", "a+")  # noqa: SIM115 - held for the whole block
-        deadline = time.monotonic() + wait
-        try:
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockError(
-                            f"site '{self.site}' is locked by another cidemo run "
-                            f"({self.path}/.lock); wait for it or use --lock-wait"
-                        ) from None
-                    time.sleep(0.2)
-            yield
-        finally:
-            fh.close()
+        return hold_lock(self.path / ".lock", wait, f"site '{self.site}'")
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path, wait: float, what: str, poll: float = 0.2) -> Iterator[None]:
+    """`flock` on `path` for the block; released when it ends or the process dies. Every call
+    opens its own file description, so two holders in one process exclude each other too."""
+    fh = open(path, "a+")  # noqa: SIM115 - held for the whole block
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockError(
+                        f"{what} is locked by another cidemo run ({path}); wait for it or use "
+                        "--lock-wait"
+                    ) from None
+                time.sleep(poll)
+        yield
+    finally:
+        fh.close()

@@ -18,34 +18,19 @@ from cidemo_infra.envs import names, operations
 from cidemo_infra.envs.github import REPO_ENV, PullRequests
 from cidemo_infra.envs.names import Environment
 from cidemo_infra.errors import UsageError
+from cidemo_infra.options import (
+    dry_run_option,
+    is_yes,
+    json_option,
+    lock_option,
+    site_option,
+    state_option,
+    yes_option,
+)
 from cidemo_infra.site import Site, load_site
 from cidemo_infra.state import StateDir
 
-DEFAULT_SITE = "infra/sites/local.yaml"
-
-site_option = click.option(
-    "--site",
-    "site_path",
-    default=lambda: os.environ.get("CIDEMO_SITE", DEFAULT_SITE),
-    show_default=DEFAULT_SITE,
-    type=click.Path(dir_okay=False),
-    help="site file (env CIDEMO_SITE)",
-)
-state_option = click.option(
-    "--state-dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="state directory (env CIDEMO_STATE_DIR; default .cidemo/<site>)",
-)
-lock_option = click.option(
-    "--lock-wait",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 3600),
-    help="seconds to wait for another run on the same environment",
-)
-dry_run_option = click.option("--dry-run", is_flag=True, help="print the plan and change nothing")
-yes_option = click.option("--yes", "-y", is_flag=True, help="do not ask (env CIDEMO_YES=1)")
+lock_env = lock_option("environment")
 pr_option = click.option("--pr", type=click.IntRange(min=1), help="pull request number: a preview")
 staging_option = click.option("--staging", is_flag=True, help="the staging environment")
 production_option = click.option("--production", is_flag=True, help="the production environment")
@@ -60,10 +45,6 @@ def _reporter() -> Reporter:
 def _load(site_path: str, state_dir: str | None) -> tuple[Site, StateDir]:
     site = load_site(site_path)
     return site, StateDir.resolve(site.name, state_dir)
-
-
-def _is_yes(yes: bool) -> bool:
-    return yes or os.environ.get("CIDEMO_YES", "") in ("1", "true", "yes")
 
 
 def _chosen(site: Site, pr: int | None, staging: bool, production: bool) -> Environment:
@@ -90,7 +71,7 @@ def env() -> None:
 @click.option("--image", default=None, help="image to run (default: environments.image)")
 @click.option("--fork", is_flag=True, help="a pull request from a fork: no app secrets")
 @dry_run_option
-@lock_option
+@lock_env
 def up(
     site_path: str,
     state_dir: str | None,
@@ -126,7 +107,7 @@ def up(
 @production_option
 @dry_run_option
 @yes_option
-@lock_option
+@lock_env
 def down(
     site_path: str,
     state_dir: str | None,
@@ -145,7 +126,7 @@ def down(
     if dry_run:
         click.echo(f"would remove {what}")
         return
-    if not _is_yes(yes) and not click.confirm(f"Remove {what}?", default=False):
+    if not is_yes(yes) and not click.confirm(f"Remove {what}?", default=False):
         raise click.exceptions.Abort
     with operations.open_envs(site, state, _reporter(), lock_wait) as ctx:
         removed = operations.down(ctx, target)
@@ -155,7 +136,7 @@ def down(
 @env.command("list")
 @site_option
 @state_option
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@json_option
 def list_(site_path: str, state_dir: str | None, as_json: bool) -> None:
     """List the environments: name, kind, image, URL, database, last update."""
     site, state = _load(site_path, state_dir)
@@ -173,7 +154,7 @@ def list_(site_path: str, state_dir: str | None, as_json: bool) -> None:
 @site_option
 @state_option
 @dry_run_option
-@lock_option
+@lock_env
 def promote(site_path: str, state_dir: str | None, dry_run: bool, lock_wait: float) -> None:
     """Run in production exactly the image staging runs."""
     site, state = _load(site_path, state_dir)
@@ -200,7 +181,7 @@ def promote(site_path: str, state_dir: str | None, dry_run: bool, lock_wait: flo
 )
 @dry_run_option
 @yes_option
-@lock_option
+@lock_env
 def gc(
     site_path: str, state_dir: str | None, repo: str, dry_run: bool, yes: bool, lock_wait: float
 ) -> None:
@@ -217,7 +198,7 @@ def gc(
             reporter.line(f"{'would remove' if dry_run else 'remove'} {item.env}: {item.reason}")
         if dry_run:
             return
-        if not _is_yes(yes) and not click.confirm(
+        if not is_yes(yes) and not click.confirm(
             f"Remove {len(doomed)} preview(s) with their databases?", default=False
         ):
             raise click.exceptions.Abort
@@ -231,7 +212,7 @@ def gc(
 @state_option
 @dry_run_option
 @yes_option
-@lock_option
+@lock_env
 def refresh_staging(
     site_path: str, state_dir: str | None, dry_run: bool, yes: bool, lock_wait: float
 ) -> None:
@@ -244,7 +225,7 @@ def refresh_staging(
     if dry_run:
         click.echo(f"would back up {source} into {folder} and restore it into {target}")
         return
-    if not _is_yes(yes) and not click.confirm(
+    if not is_yes(yes) and not click.confirm(
         f"Replace the data of {target} with a backup of {source}?", default=False
     ):
         raise click.exceptions.Abort

@@ -8,42 +8,22 @@ since every acquisition opens its own file description.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import time
-from collections.abc import Iterator
 
 from cidemo_infra.envs.names import validate_name
-from cidemo_infra.errors import LockError
-from cidemo_infra.state import StateDir
+from cidemo_infra.state import StateDir, hold_lock
 
 POLL = 0.2
 # Shared steps (counting previews, preparing the swarm) hold their lock for seconds at most.
 SHORT_WAIT = 300.0
 
 
-@contextlib.contextmanager
-def file_lock(state: StateDir, name: str, wait: float, what: str) -> Iterator[None]:
+def file_lock(
+    state: StateDir, name: str, wait: float, what: str
+) -> contextlib.AbstractContextManager[None]:
     state.ensure()
     folder = state.path / "locks"
     folder.mkdir(mode=0o700, exist_ok=True)
-    path = folder / f"{name}.lock"
-    fh = open(path, "a+")  # noqa: SIM115 - held for the whole block
-    deadline = time.monotonic() + wait
-    try:
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockError(
-                        f"{what} of site '{state.site}' is locked by another cidemo run "
-                        f"({path}); wait for it or use --lock-wait"
-                    ) from None
-                time.sleep(POLL)
-        yield
-    finally:
-        fh.close()
+    return hold_lock(folder / f"{name}.lock", wait, f"{what} of site '{state.site}'", POLL)
 
 
 def env_lock(

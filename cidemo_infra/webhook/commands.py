@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from cidemo_infra.options import site_option, state_option
 from cidemo_infra.site import load_site
 from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.events import DeliverySettings
@@ -92,26 +93,14 @@ def webhook() -> None:
 
 
 @webhook.command()
-@click.option(
-    "--site",
-    "site_path",
-    default=lambda: os.environ.get("CIDEMO_SITE", "infra/sites/local.yaml"),
-    show_default="infra/sites/local.yaml",
-    type=click.Path(dir_okay=False),
-    help="site file (env CIDEMO_SITE)",
-)
+@site_option
 @click.option(
     "--listen",
     default=DEFAULT_LISTEN,
     show_default=True,
     help="address and port to listen on (HOST:PORT)",
 )
-@click.option(
-    "--state-dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="state directory (env CIDEMO_STATE_DIR; default .cidemo/<site>)",
-)
+@state_option
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16))
 @click.option(
     "--drain-timeout",
