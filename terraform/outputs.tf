@@ -23,3 +23,8 @@ output "security_group_ids" {
     cluster = openstack_networking_secgroup_v2.cluster.id
   }
 }
+
+output "floating_ips" {
+  description = "Floating IP per node name; applied first (-target) so the nodes' Docker TLS certificates can name them."
+  value       = { for name, fip in openstack_networking_floatingip_v2.node : name => fip.address }
+}

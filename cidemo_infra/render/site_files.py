@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from cidemo_infra.errors import RenderError
@@ -14,29 +16,40 @@ from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir, write_private
 from cidemo_infra.tls.pki import ensure_pki
 
+PUBLIC_ADDRESSES = "public-addresses.json"
 MODULE_DIR = Path(__file__).resolve().parents[2] / "terraform"
 
 
-def node_addresses(site: Site, known: Inventory | None) -> dict[str, list[str]]:
+def node_addresses(site: Site, public: Mapping[str, str]) -> dict[str, list[str]]:
     """Every address the tool may use to reach each node's Docker engine (the certs' SANs)."""
     ips = site.private_ips()
     out: dict[str, list[str]] = {}
     for node in site.nodes:
         names = [str(ips[node.name]), node.name, f"{node.name}.{site.domain}"]
-        if known is not None:
-            public = next((n.public_ip for n in known.nodes if n.name == node.name), None)
-            if public:
-                names.append(public)
+        if public.get(node.name):
+            names.append(public[node.name])
         out[node.name] = names
     return out
+
+
+def public_addresses(state: StateDir) -> dict[str, str]:
+    """The nodes' floating IPs once allocated (before the servers, so certificates name them)."""
+    path = state.path / PUBLIC_ADDRESSES
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    known = Inventory.load(state.inventory_file)
+    return {n.name: n.public_ip for n in known.nodes if n.public_ip} if known else {}
+
+
+def save_public_addresses(state: StateDir, addresses: Mapping[str, str]) -> None:
+    write_private(state.path / PUBLIC_ADDRESSES, json.dumps(dict(addresses), indent=2) + "\n")
 
 
 def render_site(site: Site, state: StateDir, site_path: str) -> list[Path]:
     public_key = read_public_key(site, site_path)
     state.ensure()
     ips = site.private_ips()
-    known = Inventory.load(state.inventory_file)
-    pki = ensure_pki(state.tls_dir, site.name, node_addresses(site, known))
+    pki = ensure_pki(state.tls_dir, site.name, node_addresses(site, public_addresses(state)))
     members = tuple(EtcdMember(n.name, str(ips[n.name])) for n in site.nodes_of("deis"))
     rendered: dict[str, str] = {}
     for node in site.nodes:
@@ -68,12 +81,21 @@ def render_site(site: Site, state: StateDir, site_path: str) -> list[Path]:
     return [tfvars_path, *user_data.values()]
 
 
+def module_dir() -> Path:
+    """The Terraform module: the repository's, or CIDEMO_TERRAFORM_MODULE (one with the same
+    variables and outputs, e.g. a site's own variant)."""
+    return Path(os.environ.get("CIDEMO_TERRAFORM_MODULE") or MODULE_DIR)
+
+
 def _copy_module(target: Path) -> None:
     """Terraform runs in the site's own copy of the module, so two sites never share state."""
+    source = module_dir()
+    if not any(source.glob("*.tf")):
+        raise RenderError(f"CIDEMO_TERRAFORM_MODULE={source}: no *.tf files there")
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    wanted = {p.name for p in MODULE_DIR.glob("*.tf")}
+    wanted = {p.name for p in source.glob("*.tf")}
     for old in target.glob("*.tf"):
         if old.name not in wanted:
             old.unlink()
-    for src in MODULE_DIR.glob("*.tf"):
+    for src in source.glob("*.tf"):
         shutil.copyfile(src, target / src.name)

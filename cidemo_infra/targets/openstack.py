@@ -18,13 +18,19 @@ from cidemo_infra.cloud.waits import wait_for_servers
 from cidemo_infra.console import Reporter
 from cidemo_infra.errors import CloudError
 from cidemo_infra.inventory import Inventory, InventoryNode
-from cidemo_infra.render.site_files import render_site
+from cidemo_infra.render.site_files import (
+    PUBLIC_ADDRESSES,
+    public_addresses,
+    render_site,
+    save_public_addresses,
+)
 from cidemo_infra.render.tfvars import TFVARS_NAME, read_public_key
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 from cidemo_infra.terraform import PlanSummary, TerraformDriver
 
 DOCKER_TLS_PORT = 2376
+FLOATING_IPS = "openstack_networking_floatingip_v2.node"
 
 
 def _driver(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> TerraformDriver:
@@ -60,6 +66,8 @@ def provision_infrastructure(
     with state.lock():
         conn = _preflight(site, site_path, reporter)
         driver = _driver(site, state, site_path, reporter)
+        if site.docker.transport == "tls" and not dry_run:
+            allocate_public_addresses(site, state, site_path, driver, reporter, yes=yes)
         with reporter.progress("terraform plan"):
             summary = driver.plan(state.terraform_dir / TFVARS_NAME)
         _show(summary, reporter)
@@ -76,6 +84,37 @@ def provision_infrastructure(
         with reporter.progress(f"waiting for {len(servers)} servers to be ACTIVE"):
             wait_for_servers(conn, servers, float(site.timeouts.server_active))
     return True
+
+
+def allocate_public_addresses(
+    site: Site,
+    state: StateDir,
+    site_path: str,
+    driver: TerraformDriver,
+    reporter: Reporter,
+    *,
+    yes: bool,
+    resource: str = FLOATING_IPS,
+) -> dict[str, str]:
+    """Allocate the floating IPs first (a targeted apply) and render again, so each node's Docker
+    TLS certificate names the address the tool will connect to before the server boots with it."""
+    known = public_addresses(state)
+    if all(known.get(node.name) for node in site.nodes):
+        return known
+    with reporter.progress("terraform plan (floating IPs first)"):
+        summary = driver.plan(state.terraform_dir / TFVARS_NAME, targets=[resource])
+    _show(summary, reporter)
+    if summary.has_changes:
+        if not yes and not click.confirm("Allocate these floating IPs?", default=False):
+            raise click.exceptions.Abort
+        with reporter.progress("terraform apply (floating IPs)"):
+            driver.apply_plan()
+    addresses = driver.outputs().get("floating_ips")
+    if not isinstance(addresses, dict) or set(addresses) != {n.name for n in site.nodes}:
+        raise CloudError("terraform output 'floating_ips' does not name every node")
+    save_public_addresses(state, addresses)
+    render_site(site, state, site_path)
+    return dict(addresses)
 
 
 def _show(summary: PlanSummary, reporter: Reporter) -> None:
@@ -127,6 +166,7 @@ def destroy_infrastructure(site: Site, state: StateDir, reporter: Reporter) -> N
     driver = TerraformDriver(state.terraform_dir)
     with reporter.progress("terraform destroy"):
         driver.destroy(state.terraform_dir / TFVARS_NAME)
+    (state.path / PUBLIC_ADDRESSES).unlink(missing_ok=True)
 
 
 def sweep_leaks(site: Site, reporter: Reporter, delete: bool) -> list[Leak]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,14 @@ class TerraformDriver:
     def init(self) -> None:
         self.command("init")
 
-    def plan(self, var_file: Path | None = None, destroy: bool = False) -> PlanSummary:
-        """Plan to a saved plan file; Terraform's -detailed-exitcode says 0 = none, 2 = changes."""
+    def plan(
+        self, var_file: Path | None = None, destroy: bool = False, targets: Sequence[str] = ()
+    ) -> PlanSummary:
+        """Plan to a saved plan file; Terraform's -detailed-exitcode says 0 = none, 2 = changes.
+        `targets` limits the plan to those resource addresses (and what they depend on)."""
         options: dict[str, Any] = {"out": PLAN_FILE}
+        if targets:
+            options["target"] = list(targets)
         if var_file is not None:
             options["var_file"] = str(var_file)
         if destroy:

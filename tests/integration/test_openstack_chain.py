@@ -34,7 +34,11 @@ from cidemo_infra.render.site_files import render_site
 from cidemo_infra.render.tfvars import TFVARS_NAME
 from cidemo_infra.site import load_site
 from cidemo_infra.state import StateDir
-from cidemo_infra.targets.openstack import DOCKER_TLS_PORT, inventory_from_outputs
+from cidemo_infra.targets.openstack import (
+    DOCKER_TLS_PORT,
+    allocate_public_addresses,
+    inventory_from_outputs,
+)
 from cidemo_infra.terraform import TerraformDriver
 from cidemo_infra.tls.pki import ensure_pki
 from tests.conftest import REPO, need, run_cidemo
@@ -189,19 +193,35 @@ def test_tls_engine_refuses_clients_without_the_sites_certificate(
     assert chain.engine.ping()
 
 
-def test_outputs_to_inventory_to_placement_over_tls(chain: Chain) -> None:
+def test_outputs_to_inventory_to_placement_over_tls(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
     site = load_site(chain.site_path)
+    module = chain.work / "standin-module"  # the real contract (variables.tf), stand-in resources
+    module.mkdir(exist_ok=True)
+    shutil.copy(REPO / "terraform/variables.tf", module / "variables.tf")
+    shutil.copy(REPO / "tests/data/terraform/standin-openstack/main.tf", module / "main.tf")
+    monkeypatch.setenv("CIDEMO_TERRAFORM_MODULE", str(module))
+    render_site(site, chain.state, str(chain.site_path))
     workdir = chain.state.terraform_dir
-    for module_file in workdir.glob("*.tf"):
-        if module_file.name != "variables.tf":  # the real contract stays; the resources go
-            module_file.unlink()
-    shutil.copy(REPO / "tests/data/terraform/standin-openstack/main.tf", workdir / "main.tf")
+    assert sorted(p.name for p in workdir.glob("*.tf")) == ["main.tf", "variables.tf"]
     driver = TerraformDriver(workdir)
     driver.init()
+    addresses = allocate_public_addresses(
+        site,
+        chain.state,
+        str(chain.site_path),
+        driver,
+        Reporter(quiet=True),
+        yes=True,
+        resource="terraform_data.floating_ip",
+    )
+    assert addresses == dict.fromkeys(NODE_IPS, "127.0.0.1")
+    assert all(a.startswith("terraform_data.floating_ip") for a in driver.state_addresses())
     assert driver.plan(workdir / TFVARS_NAME).has_changes
     driver.apply_plan()
     outputs = driver.outputs()
-    assert set(outputs) == {"nodes", "network_id", "security_group_ids"}
+    assert set(outputs) == {"nodes", "network_id", "security_group_ids", "floating_ips"}
 
     inventory = inventory_from_outputs(site, outputs, chain.state)
     assert {n.name: n.private_ip for n in inventory.nodes} == NODE_IPS

@@ -506,7 +506,7 @@ def test_variables_follow_the_rendered_tfvars_contract() -> None:
 
 def test_outputs_follow_the_inventory_contract() -> None:
     outputs = MODULE["output"]
-    assert set(outputs) == {"nodes", "network_id", "security_group_ids"}
+    assert set(outputs) == {"nodes", "network_id", "security_group_ids", "floating_ips"}
     assert set(outputs["security_group_ids"]["value"]) == {"public", "cluster"}
     node = re.search(r"=> \{(.*)\}\}$", outputs["nodes"]["value"])
     assert node, outputs["nodes"]["value"]

@@ -16,6 +16,15 @@ resource "terraform_data" "server" {
   }
 }
 
+resource "terraform_data" "floating_ip" {
+  for_each = var.nodes
+  input    = "127.0.0.1"
+}
+
+output "floating_ips" {
+  value = { for name, fip in terraform_data.floating_ip : name => fip.output }
+}
+
 output "nodes" {
   value = {
     for name, server in terraform_data.server : name => {
