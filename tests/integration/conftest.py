@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import secrets
+import shutil
+import signal
 import socket
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +19,8 @@ import docker
 import pytest
 import yaml
 
+from cidemo_infra.engines import ENGINE_ERRORS
+from cidemo_infra.errors import EngineError
 from tests.conftest import need, run_cidemo
 
 LABEL_SITE = "io.cidemo.site"
@@ -116,3 +123,64 @@ def site_factory(engine: docker.DockerClient, tmp_path: Path) -> Iterator[Any]:
     yield factory
     for site in made:
         remove_site([engine], site.name)
+
+
+def start_process(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """A helper daemon of the test's own, in its own session, its output in `log`."""
+    with open(log, "wb") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def spare_dockerd(
+    root: Path, host: str, connect: Callable[[], docker.DockerClient], *extra: str
+) -> Iterator[docker.DockerClient]:
+    """A dockerd of the test's own: listening on `host`, data and state under `root`, no bridge
+    and no iptables rules of its own; waited for (60 s), emptied, stopped and removed after."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    log = root / "dockerd.log"
+    proc = start_process(
+        [
+            "dockerd",
+            "--host",
+            host,
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "docker.pid"),
+            "--bridge",
+            "none",
+            "--iptables=false",
+            *extra,
+        ],
+        log,
+    )
+    client: docker.DockerClient | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while client is None:
+            try:
+                client = connect()
+            except (EngineError, *ENGINE_ERRORS):
+                assert proc.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, f"the dockerd on {host} did not answer in 60 s"
+                time.sleep(0.5)
+        yield client
+    finally:
+        if client is not None:
+            for c in client.containers.list(all=True):
+                c.remove(force=True, v=True)
+        stop_process(proc)
+        shutil.rmtree(root, ignore_errors=True)

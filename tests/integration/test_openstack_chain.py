@@ -14,9 +14,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +24,7 @@ import yaml
 
 from cidemo_infra import lifecycle
 from cidemo_infra.console import Reporter
-from cidemo_infra.engines import ENGINE_ERRORS, client_for
+from cidemo_infra.engines import client_for
 from cidemo_infra.errors import EngineError
 from cidemo_infra.inventory import Inventory
 from cidemo_infra.render.site_files import render_site
@@ -42,6 +39,7 @@ from cidemo_infra.targets.openstack import (
 from cidemo_infra.terraform import TerraformDriver
 from cidemo_infra.tls.pki import ensure_pki
 from tests.conftest import REPO, need, run_cidemo
+from tests.integration.conftest import spare_dockerd, start_process, stop_process
 
 pytestmark = pytest.mark.integration
 NODE_IPS = {
@@ -50,20 +48,6 @@ NODE_IPS = {
     "deis-3": "127.0.0.13",
     "standalone-1": "127.0.0.14",
 }
-
-
-def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @dataclass
@@ -114,7 +98,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
     render_site(site, state, str(site_path))
     tls = state.tls_dir
     root = Path(f"/tmp/cidemo-chain-{name}")
-    etcd = _start(
+    etcd = start_process(
         [
             "etcd",
             "--name",
@@ -135,11 +119,12 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         ],
         work / "etcd.log",
     )
-    dockerd = _start(
-        [
-            "dockerd",
-            "--host",
-            f"tcp://127.0.0.1:{DOCKER_TLS_PORT}",
+    url = f"tcp://127.0.0.1:{DOCKER_TLS_PORT}"
+    try:
+        with spare_dockerd(
+            root,
+            url,
+            lambda: client_for(url, str(tls), node="chain"),
             "--tlsverify",
             "--tlscacert",
             str(tls / "ca.pem"),
@@ -147,36 +132,10 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
             str(tls / "nodes/standalone-1/server-cert.pem"),
             "--tlskey",
             str(tls / "nodes/standalone-1/server-key.pem"),
-            "--data-root",
-            str(root / "data"),
-            "--exec-root",
-            str(root / "exec"),
-            "--pidfile",
-            str(root / "docker.pid"),
-            "--bridge",
-            "none",
-            "--iptables=false",
-        ],
-        work / "dockerd.log",
-    )
-    engine = None
-    try:
-        deadline = time.monotonic() + 60
-        while engine is None:
-            try:
-                engine = client_for(f"tcp://127.0.0.1:{DOCKER_TLS_PORT}", str(tls), node="chain")
-            except (EngineError, *ENGINE_ERRORS):
-                assert dockerd.poll() is None, (work / "dockerd.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "the TLS dockerd did not answer in 60 s"
-                time.sleep(0.5)
-        yield Chain(site_path, state, engine, work)
+        ) as engine:
+            yield Chain(site_path, state, engine, work)
     finally:
-        if engine is not None:
-            for c in engine.containers.list(all=True):
-                c.remove(force=True, v=True)
-        _stop(dockerd)
-        _stop(etcd)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_process(etcd)
 
 
 def test_tls_engine_refuses_clients_without_the_sites_certificate(

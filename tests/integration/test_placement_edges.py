@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -17,13 +16,12 @@ import pytest
 
 from cidemo_infra import lifecycle
 from cidemo_infra.console import Reporter
-from cidemo_infra.engines import ENGINE_ERRORS
 from cidemo_infra.galera.member import member_status
 from cidemo_infra.registry.keys import Registry, guard_key
 from cidemo_infra.site import load_site
 from cidemo_infra.state import StateDir
 from tests.conftest import need
-from tests.integration.conftest import free_subnet, remove_site
+from tests.integration.conftest import free_subnet, remove_site, spare_dockerd
 
 pytestmark = pytest.mark.integration
 
@@ -109,55 +107,15 @@ def second_engine(engine) -> Iterator[tuple[str, docker.DockerClient]]:
     """A second dockerd with its own socket and data root, started and stopped by the test."""
     need(shutil.which("dockerd") is not None and os.geteuid() == 0, "dockerd and root")
     root = Path("/tmp/cidemo-test-engine2")
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir()
-    sock = root / "docker.sock"
-    log = open(root / "dockerd.log", "w")  # noqa: SIM115 - closed in the finalizer
-    proc = subprocess.Popen(
-        [
-            "dockerd",
-            "--host",
-            f"unix://{sock}",
-            "--data-root",
-            str(root / "data"),
-            "--exec-root",
-            str(root / "exec"),
-            "--pidfile",
-            str(root / "docker.pid"),
-            "--bridge",
-            "none",
-            "--iptables=false",
-            "--ip-masq=false",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    client: docker.DockerClient | None = None
-    try:
-        deadline = time.monotonic() + 60
-        while client is None:
-            try:
-                client = docker.DockerClient(base_url=f"unix://{sock}", version="1.41")
-                client.ping()
-            except ENGINE_ERRORS:
-                client = None
-                assert proc.poll() is None, (root / "dockerd.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "second dockerd did not answer in 60 s"
-                time.sleep(0.5)
-        yield f"unix://{sock}", client
-    finally:
-        if client is not None:
-            for c in client.containers.list(all=True):
-                c.remove(force=True, v=True)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
+    url = f"unix://{root / 'docker.sock'}"
+
+    def connect() -> docker.DockerClient:
+        client = docker.DockerClient(base_url=url, version="1.41")
+        client.ping()
+        return client
+
+    with spare_dockerd(root, url, connect, "--ip-masq=false") as client:
+        yield url, client
 
 
 def test_members_on_two_engines_form_one_cluster(engine, second_engine, site_factory) -> None:
