@@ -30,7 +30,7 @@ CONNECT_TIMEOUT = 10
 # one clone chunk, one restore batch or the swap may take minutes on a busy cluster
 READ_TIMEOUT = 600
 WRITE_TIMEOUT = 600
-# A write-set well under gcache.size (32M in the image) keeps certification and IST cheap.
+# A write-set well under gcache.size (256M in the image) keeps certification and IST cheap.
 MAX_CHUNK_BYTES = 8 << 20
 ER_NO_SUCH_TABLE = 1146
 

@@ -244,10 +244,15 @@ ARGS=(--defaults-extra-file="$SST_CNF" --user=mysql --datadir="$DATADIR"
   --wsrep-cluster-name="$CLUSTER_NAME" --wsrep-node-name="$NODE_NAME"
   --wsrep-node-address="$NODE_ADDRESS" --wsrep-node-incoming-address="$NODE_ADDRESS:3306"
   --wsrep-sst-method="$SST_METHOD" --bind-address="$BIND_ADDRESS")
+# gcache holds recent write-sets for IST: a member that restarts during a clone rejoins by IST, not
+# by a full SST. The group-communication send windows (default 4 and 2 messages) and flow control
+# (default 16 queued write-sets) throttle a stream of clone chunks to a crawl on a LAN.
+PROVIDER_OPTIONS="gcache.size=256M;evs.send_window=512;evs.user_send_window=256;gcs.fc_limit=128"
 if [ "$BIND_ADDRESS" != 0.0.0.0 ]; then
-  ARGS+=(--wsrep-provider-options="gcache.size=32M;gmcast.listen_addr=tcp://$BIND_ADDRESS:4567;ist.recv_addr=$BIND_ADDRESS:4568"
-    --wsrep-sst-receive-address="$BIND_ADDRESS:4444")
+  PROVIDER_OPTIONS+=";gmcast.listen_addr=tcp://$BIND_ADDRESS:4567;ist.recv_addr=$BIND_ADDRESS:4568"
+  ARGS+=(--wsrep-sst-receive-address="$BIND_ADDRESS:4444")
 fi
+ARGS+=(--wsrep-provider-options="$PROVIDER_OPTIONS")
 
 NEW_CLUSTER=0
 if [ "$MODE" = bootstrap ]; then
