@@ -8,6 +8,7 @@ from a command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import shutil
@@ -18,8 +19,20 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-PASSWORDS = ("admin", "cidemo", "db", "rabbit", "glance", "placement", "nova", "neutron")
-SERVICE_USERS = ("glance", "placement", "nova", "neutron")
+PASSWORDS = (
+    "admin",
+    "cidemo",
+    "db",
+    "rabbit",
+    "glance",
+    "placement",
+    "nova",
+    "neutron",
+    "swift",
+    "swift-hash-prefix",
+    "swift-hash-suffix",
+)
+SERVICE_USERS = ("glance", "placement", "nova", "neutron", "swift")
 ADMIN_CLOUD = "cidemo-test-admin"
 MEMBER_CLOUD = "cidemo-test"
 PROJECT = "cidemo"
@@ -70,6 +83,12 @@ def render(base: Path, computes: int) -> None:
         "TRANSPORT_URL": f"rabbit://cidemo:{password(base, 'rabbit')}@127.0.0.1:{port('mq')}/",
         "KEYSTONE_URL": keystone_url(),
         "PORT_GLANCE": str(port("glance")),
+        **{
+            f"PORT_{name.upper()}": str(port(name))
+            for name in ("swift", "swift_account", "swift_container", "swift_object")
+        },
+        "SWIFT_HASH_PREFIX": password(base, "swift-hash-prefix"),
+        "SWIFT_HASH_SUFFIX": password(base, "swift-hash-suffix"),
         "PW_RABBIT": password(base, "rabbit"),
         **{f"PW_{user.upper()}": password(base, user) for user in SERVICE_USERS},
     }
@@ -83,6 +102,11 @@ def render(base: Path, computes: int) -> None:
         "neutron.conf": etc / "neutron/neutron.conf",
         "ml2_conf.ini": etc / "neutron/plugins/ml2/ml2_conf.ini",
         "rabbitmq.conf": base / "rabbit/rabbitmq.conf",
+        "swift.conf": etc / "swift/swift.conf",
+        "swift-proxy-server.conf": etc / "swift/proxy-server.conf",
+        "swift-account-server.conf": etc / "swift/account-server.conf",
+        "swift-container-server.conf": etc / "swift/container-server.conf",
+        "swift-object-server.conf": etc / "swift/object-server.conf",
     }
     for template, target in targets.items():
         write_private(target, fill(template, values))
@@ -171,6 +195,7 @@ def identity(base: Path) -> None:
         ("placement", "placement", f"http://127.0.0.1:{port('placement')}"),
         ("nova", "compute", f"http://127.0.0.1:{port('nova')}/v2.1"),
         ("neutron", "network", f"http://127.0.0.1:{port('neutron')}"),
+        ("swift", "object-store", f"http://127.0.0.1:{port('swift')}/v1/AUTH_%(project_id)s"),
     ]
     for name, kind, url in catalog:
         service = idp.create_service(name=name, type=kind)
@@ -216,8 +241,32 @@ def resources(base: Path) -> None:
         raise SystemExit(f"image {IMAGE} is not active: {image and image.status}")
 
 
+def object_store_round_trip() -> None:
+    """The member user PUTs, GETs and DELETEs an object in a container of its own account."""
+    import openstack
+
+    store = openstack.connect(cloud=MEMBER_CLOUD).object_store
+    container = f"cidemo-ready-{secrets.token_hex(4)}"
+    data = secrets.token_bytes(1024)
+    store.create_container(name=container)
+    try:
+        store.create_object(container, "probe", data=data)
+        got = store.download_object("probe", container=container)
+        if got != data:
+            raise SystemExit(f"object store: read back {len(got)} bytes, not the 1024 written")
+        store.delete_object("probe", container=container, ignore_missing=False)
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: the first error is the news
+            store.delete_object("probe", container=container, ignore_missing=True)
+            store.delete_container(container, ignore_missing=True)
+        raise
+    store.delete_container(container, ignore_missing=False)
+
+
 def ready(base: Path, computes: int, timeout: float) -> None:
-    """Every compute host is up in nova and has its inventory in placement: servers can land."""
+    """The object store works for the member user; every compute host is up in nova and has its
+    inventory in placement: servers can land."""
+    object_store_round_trip()
     conn = admin()
     hosts = {f"cidemo-compute-{i}" for i in range(1, computes + 1)}
     deadline = time.monotonic() + timeout
