@@ -51,10 +51,14 @@ def _load(site_path: str, state_dir: str | None) -> tuple[Any, StateDir]:
 def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Stand up, check and tear down the cidemo platform (local Docker or OpenStack)."""
     ctx.obj = Context(verbose=verbose, reporter=Reporter(quiet=quiet))
-    if verbose:
-        import logging
+    import logging
 
+    if verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+    else:
+        # libraries' own warnings (keystoneauth's version discovery, ...) would come before the
+        # one line that says what failed; -v shows them
+        logging.getLogger().addHandler(logging.NullHandler())
 
 
 @cli.command()

@@ -19,8 +19,9 @@ REQUIRED_SERVICES = ("compute", "network", "image")
 _SECRET_KEYS = ("password", "token", "application_credential_secret", "secret")
 
 
-def connect(cloud: str) -> Connection:
-    """Connect to the clouds.yaml entry `cloud` and prove it: a token and the needed endpoints.
+def connect(cloud: str, required: tuple[str, ...] = REQUIRED_SERVICES) -> Connection:
+    """Connect to the clouds.yaml entry `cloud` and prove it: a token and the endpoints of the
+    `required` service types.
 
     Credentials come only from clouds.yaml/secure.yaml (OS_CLIENT_CONFIG_FILE chooses the file);
     every failure is a `CloudError` naming the cloud and what failed, never a secret.
@@ -39,7 +40,7 @@ def connect(cloud: str) -> Connection:
     auth_url = auth.get("auth_url", "?")
     try:
         conn.session.get_token()
-        missing = [kind for kind in REQUIRED_SERVICES if not _has_endpoint(conn, kind)]
+        missing = [kind for kind in required if not _has_endpoint(conn, kind)]
     except ksa.Unauthorized:
         raise CloudError(
             f"cloud '{cloud}': authentication failed at {auth_url} (HTTP 401): the credentials "
@@ -57,7 +58,7 @@ def connect(cloud: str) -> Connection:
     if missing:
         raise CloudError(
             f"cloud '{cloud}': the service catalog has no endpoint for {', '.join(missing)} "
-            f"(needed: {', '.join(REQUIRED_SERVICES)})"
+            f"(needed: {', '.join(required)})"
         )
     return conn
 

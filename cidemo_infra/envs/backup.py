@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.parse
@@ -52,6 +53,7 @@ from cidemo_infra.errors import CidemoError
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+BACKUP_NAME = re.compile(r"^[a-z0-9_]{1,64}-[0-9]{8}T[0-9]{6}Z$")
 TABLE_SUFFIX = ".jsonl.gz"
 CHECKSUM_LENGTH = 64
 # a restore batch: one multi-row INSERT (pymysql splits at 1 MB), one small write-set

@@ -1,4 +1,4 @@
-"""`cidemo env up|down|list|promote|gc|refresh-staging`: the site's environments.
+"""`cidemo env up|down|list|promote|gc|refresh-staging|backups`: the site's environments.
 
 Names: `pr-<n>-<app>` (previews), `stage-<app>`, `<app>` (production). Every command takes the
 site (`--site`, env CIDEMO_SITE) and its state directory, runs under the environment's lock
@@ -15,6 +15,7 @@ import click
 
 from cidemo_infra.console import Reporter
 from cidemo_infra.envs import names, operations
+from cidemo_infra.envs.backup_store import check_name
 from cidemo_infra.envs.github import REPO_ENV, PullRequests
 from cidemo_infra.envs.names import Environment
 from cidemo_infra.errors import UsageError
@@ -210,26 +211,68 @@ def gc(
 @env.command("refresh-staging")
 @site_option
 @state_option
+@click.option(
+    "--from",
+    "from_backup",
+    default=None,
+    metavar="NAME",
+    help="restore this backup of the store (see `env backups`) instead of backing up production",
+)
 @dry_run_option
 @yes_option
 @lock_env
 def refresh_staging(
-    site_path: str, state_dir: str | None, dry_run: bool, yes: bool, lock_wait: float
+    site_path: str,
+    state_dir: str | None,
+    from_backup: str | None,
+    dry_run: bool,
+    yes: bool,
+    lock_wait: float,
 ) -> None:
     """Back up production's database and restore it into staging's (replacing its data)."""
     site, state = _load(site_path, state_dir)
     app = site.environments.app
     source = operations.database_of(names.production(app))
     target = operations.database_of(names.staging(app))
-    folder = operations.backup_dir(site, state)
+    if from_backup is not None:
+        check_name(from_backup)
+    where = _store_description(site, state)
+    what = f"backup {from_backup}" if from_backup else f"a new backup of {source}"
     if dry_run:
-        click.echo(f"would back up {source} into {folder} and restore it into {target}")
+        click.echo(f"would restore {what} (kept in {where}) into {target}")
         return
     if not is_yes(yes) and not click.confirm(
-        f"Replace the data of {target} with a backup of {source}?", default=False
+        f"Replace the data of {target} with {what}?", default=False
     ):
         raise click.exceptions.Abort
     with operations.open_envs(site, state, _reporter(), lock_wait) as ctx:
-        done = operations.refresh_staging(ctx)
-    click.echo(f"{target} now holds {source} ({done.tables} tables, {done.rows} rows)")
-    click.echo(f"backup: {done.backup}")
+        done = operations.refresh_staging(ctx, from_backup)
+    click.echo(f"{target} now holds {done.name} ({done.tables} tables, {done.rows} rows)")
+    click.echo(f"backup: {done.where}")
+    if done.pruned:
+        click.echo(f"removed older backups: {', '.join(done.pruned)}")
+
+
+@env.command("backups")
+@site_option
+@state_option
+@json_option
+def backups(site_path: str, state_dir: str | None, as_json: bool) -> None:
+    """List the complete backups in the site's store (directory or container), newest first."""
+    site, state = _load(site_path, state_dir)
+    found = operations.backup_store(site, state).backups()
+    if as_json:
+        click.echo(json.dumps([{"name": b.name, "where": b.where} for b in found], indent=2))
+        return
+    if not found:
+        click.echo(f"no backups in {_store_description(site, state)}")
+        return
+    reporter = _reporter()
+    reporter.table(["backup", "where"], [[b.name, b.where] for b in found])
+
+
+def _store_description(site: Site, state: StateDir) -> str:
+    container = site.environments.backup_container
+    if container:
+        return f"container {container} on cloud {site.cloud}"
+    return str(operations.backup_dir(site, state))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 from cidemo_infra.console import Reporter
 from cidemo_infra.envs import backup, database, names, records
+from cidemo_infra.envs.backup_store import BackupStore, DirectoryStore, check_name, store_for
 from cidemo_infra.envs.github import PullRequests
 from cidemo_infra.envs.locks import env_lock, previews_lock
 from cidemo_infra.envs.names import Environment
@@ -296,41 +298,73 @@ def backup_dir(site: Site, state: StateDir) -> Path:
     return Path(configured).expanduser().absolute() if configured else state.path / "backups"
 
 
+def backup_store(site: Site, state: StateDir) -> BackupStore:
+    """The site's backup store: its object-storage container (connected now, so a cloud problem
+    shows before anything is backed up) or its backup directory."""
+    envs = site.environments
+    return store_for(envs.backup_container, site.cloud, site.name, backup_dir(site, state))
+
+
 @dataclass(frozen=True)
 class Refreshed:
-    backup: Path
+    name: str
+    where: str
     tables: int
     rows: int
+    pruned: tuple[str, ...]
 
 
-def refresh_staging(ctx: EnvContext) -> Refreshed:
-    """Back up production's database, verify the backup, restore it into staging's (atomic: a
-    failed restore leaves staging's database as it was)."""
+def refresh_staging(ctx: EnvContext, from_backup: str | None = None) -> Refreshed:
+    """Back up production's database into the site's store, then restore staging's from the
+    stored copy (fetched back and verified against its manifest first); or, with `from_backup`,
+    restore an existing backup of the store. Atomic: a failed restore leaves staging's database
+    as it was. After a new backup, all but the newest `environments.backup_keep` are removed."""
     stage, prod = names.staging(ctx.app), names.production(ctx.app)
     source, target = database_of(prod), database_of(stage)
+    store = backup_store(ctx.site, ctx.state)
     with env_lock(ctx.state, stage.name, ctx.lock_wait):
         conn = _root(ctx)
         try:
-            if not database.database_exists(conn, source):
-                raise UsageError(
-                    f"production database {source} does not exist; deploy production first "
-                    "(cidemo env up --production --ref SHA)"
-                )
-            folder = backup_dir(ctx.site, ctx.state)
-            ctx.reporter.step(f"backing up {source} into {folder}")
-            path = backup.backup_database(conn, source, folder)
-            manifest = backup.verify_backup(path)
-            if not database.database_exists(conn, target):
-                database.execute(
-                    conn,
-                    f"CREATE DATABASE {database.quote_ident(target)} CHARACTER SET utf8mb4",
-                )
-            ctx.reporter.step(f"restoring {path.name} into {target}")
-            backup.restore_database(conn, path, target)
+            if from_backup is None:
+                name = _back_up(ctx, conn, store, source)
+            else:
+                name = check_name(from_backup)
+            with store.fetch(name) as path:
+                if not database.database_exists(conn, target):
+                    database.execute(
+                        conn,
+                        f"CREATE DATABASE {database.quote_ident(target)} CHARACTER SET utf8mb4",
+                    )
+                ctx.reporter.step(f"restoring {name} into {target}")
+                manifest = backup.restore_database(conn, path, target)
             database.ensure_app_user(conn, target, target, ctx.state.secret(_password_name(stage)))
         finally:
             conn.close()
-    return Refreshed(path, len(manifest.tables), sum(t.rows for t in manifest.tables))
+        pruned: list[str] = []
+        if from_backup is None:
+            pruned = store.prune(source, ctx.site.environments.backup_keep)
+    where = next((b.where for b in store.backups() if b.name == name), store.describe())
+    rows = sum(t.rows for t in manifest.tables)
+    return Refreshed(name, where, len(manifest.tables), rows, tuple(pruned))
+
+
+def _back_up(ctx: EnvContext, conn: Any, store: BackupStore, source: str) -> str:
+    """A verified backup of `source`, kept in `store`; its name."""
+    if not database.database_exists(conn, source):
+        raise UsageError(
+            f"production database {source} does not exist; deploy production first "
+            "(cidemo env up --production --ref SHA)"
+        )
+    ctx.reporter.step(f"backing up {source}")
+    local = backup.backup_database(conn, source, store.scratch())
+    try:
+        backup.verify_backup(local)
+        ctx.reporter.step(f"storing {local.name} in {store.describe()}")
+        store.keep(local)
+    finally:
+        if not isinstance(store, DirectoryStore):
+            shutil.rmtree(local, ignore_errors=True)
+    return local.name
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,13 @@ class Environments(_Strict):
     )
     fork_label: str = "safe-to-deploy"
     backup_dir: str | None = Field(None, description="default: <state dir>/backups")
-    backup_container: str | None = Field(None, description="OpenStack object storage container")
+    backup_container: str | None = Field(
+        None,
+        min_length=1,
+        description="OpenStack object-storage container for backups (on `cloud`); backup_dir "
+        "is then only scratch space",
+    )
+    backup_keep: int = Field(7, ge=1, le=1000, description="newest backups kept per database")
     deis_controller: str | None = Field(None, pattern=r"^https?://.+")
     app_env: dict[str, str] = Field(
         default_factory=dict, description="non-secret settings given to every environment"
@@ -177,7 +183,9 @@ class Site(_Strict):
     target: Literal["local", "openstack"] = "local"
     node_os: Literal["flatcar", "coreos-legacy"] = "flatcar"
     domain: DnsName = "cidemo.test"
-    cloud: CloudName | None = Field(None, description="clouds.yaml entry (openstack target)")
+    cloud: CloudName | None = Field(
+        None, description="clouds.yaml entry (openstack target; backup_container's object storage)"
+    )
     network: Network = Network()
     admin_cidrs: list[ipaddress.IPv4Network] = Field(default_factory=list)
     ssh: Ssh = Ssh()
@@ -258,6 +266,17 @@ def semantic_problems(site: Site) -> list[str]:
         problems.append(
             "environments.deis_controller: required when environments.platform is 'deis' "
             "(the controller's URL, e.g. https://deis.example.com)"
+        )
+    container = envs.backup_container
+    if container and ("/" in container or len(container.encode()) > 256):
+        problems.append(
+            f"environments.backup_container: {container!r} is not a container name "
+            "(1 to 256 bytes, no '/')"
+        )
+    if container and not site.cloud:
+        problems.append(
+            "environments.backup_container: needs `cloud`, the clouds.yaml entry whose object "
+            "storage holds the container (any target)"
         )
     proxy = site.services.proxy
     if proxy.kind == "maxscale" and not proxy.image:

@@ -24,11 +24,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
 import pymysql
 import pytest
+import yaml
 
 from cidemo_infra import images
 from cidemo_infra.console import Reporter
@@ -65,7 +67,7 @@ class Env:
     router_port: int
     sent: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)
 
-    def cli(self, *args: str, timeout: float = 600) -> Run:
+    def cli(self, *args: str, site: Path | None = None, timeout: float = 600) -> Run:
         proc = subprocess.run(
             [
                 sys.executable,
@@ -74,7 +76,7 @@ class Env:
                 "env",
                 *args,
                 "--site",
-                str(self.site.path),
+                str(site or self.site.path),
                 "--state-dir",
                 str(self.site.state),
             ],
@@ -605,6 +607,100 @@ def test_refresh_staging_restores_production_into_staging(envs: Env) -> None:
         30,
     )
     assert [e["message"] for e in page["entries"]] == production
+
+
+def object_storage_cloud() -> str:
+    """The test cloud (OS_CLOUD) whose object storage holds backups: a failure in CI, a skip on
+    a developer's machine without it."""
+    cloud = os.environ.get("OS_CLOUD")
+    if cloud:
+        return cloud
+    how = "boot tests/cloud/openstack/openstack-up and set OS_CLIENT_CONFIG_FILE and OS_CLOUD"
+    if os.environ.get("CI"):
+        pytest.fail(f"required service missing in CI: OS_CLOUD is not set; {how}")
+    pytest.skip(f"OS_CLOUD is not set; {how}")
+
+
+@pytest.fixture
+def swift_site(envs: Env, tmp_path: Path) -> Iterator[tuple[Path, Any, str]]:
+    """The same site with its backups in a fresh container of the test cloud's object storage
+    (keeping 1): its site file, an openstacksdk connection, the container; the container goes
+    afterwards."""
+    import openstack
+
+    cloud = object_storage_cloud()
+    container = f"cidemo-test-{secrets.token_hex(4)}"
+    data = copy.deepcopy(envs.site.data)
+    data["cloud"] = cloud
+    data["environments"].update(backup_container=container, backup_keep=1)
+    path = tmp_path / "site-swift.yaml"
+    path.write_text(yaml.safe_dump(data))
+    conn = openstack.connect(cloud=cloud)
+    try:
+        yield path, conn, container
+    finally:
+        with contextlib.suppress(Exception):
+            for obj in list(conn.object_store.objects(container)):
+                conn.object_store.delete_object(obj.name, container=container)
+            conn.object_store.delete_container(container)
+        conn.close()
+
+
+def test_refresh_staging_through_object_storage(
+    envs: Env, swift_site: tuple[Path, Any, str]
+) -> None:
+    site_file, conn, container = swift_site
+    local = sorted(p.name for p in (envs.site.state / "backups").iterdir())
+    assert envs.post(APP, "written before the swift backup") == 303
+    production = envs.rows(APP)
+
+    first = envs.cli("refresh-staging", "--yes", site=site_file)
+    assert first.rc == 0, first.err
+    assert envs.rows("stage_guestbook") == production
+    objects = sorted(o.name for o in conn.object_store.objects(container))
+    prefix = f"{envs.site.name}/"
+    names = {o[len(prefix) :].split("/")[0] for o in objects}
+    assert len(names) == 1 and all(o.startswith(prefix) for o in objects), objects
+    name = names.pop()
+    assert f"{prefix}{name}/manifest.json" in objects
+    assert f"{prefix}{name}/entries.jsonl.gz" in objects
+    assert f"backup: swift://{container}/{prefix}{name}" in first.out
+    # the local copy was scratch only: nothing new stays in the backup directory
+    assert sorted(p.name for p in (envs.site.state / "backups").iterdir()) == local
+
+    time.sleep(1.1)  # backup names have a one-second resolution
+    assert envs.post(APP, "written before the second swift backup") == 303
+    second = envs.cli("refresh-staging", "--yes", site=site_file)
+    assert second.rc == 0, second.err
+    assert f"removed older backups: {name}" in second.out  # backup_keep: 1
+    listed = envs.cli("backups", "--json", site=site_file)
+    assert listed.rc == 0, listed.err
+    newest = [b["name"] for b in json.loads(listed.out)]
+    assert len(newest) == 1 and newest[0] != name
+    assert not any(
+        o.name.startswith(f"{prefix}{name}/") for o in conn.object_store.objects(container)
+    )
+    refreshed = envs.rows("stage_guestbook")
+    assert refreshed == envs.rows(APP)
+
+    # a stored backup damaged in the container is refused on the way back; staging stays
+    key = f"{prefix}{newest[0]}/entries.jsonl.gz"
+    body = conn.object_store.download_object(key, container=container)
+    damaged = body[:-12] + bytes(b ^ 0x55 for b in body[-12:])
+    conn.object_store.create_object(container, key, data=damaged)
+    bad = envs.cli("refresh-staging", "--yes", "--from", newest[0], site=site_file)
+    assert bad.rc == 1, bad.out + bad.err
+    lines = [ln for ln in bad.err.splitlines() if ln.startswith("cidemo:")]
+    assert len(lines) == 1 and "entries.jsonl.gz" in lines[0], bad.err
+    assert envs.rows("stage_guestbook") == refreshed
+    leftovers = [p for p in (envs.site.state / "backups").iterdir() if p.name not in local]
+    assert leftovers == [], leftovers
+
+    missing = envs.cli(
+        "refresh-staging", "--yes", "--from", "guestbook-20000101T000000Z", site=site_file
+    )
+    assert missing.rc == 1 and "no such complete backup" in missing.err, missing.err
+    assert envs.rows("stage_guestbook") == refreshed
 
 
 def test_gc_removes_a_preview_marked_closed(engine: docker.DockerClient, envs: Env) -> None:
