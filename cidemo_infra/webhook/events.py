@@ -6,8 +6,10 @@ the fields it needs. Who may deploy a preview:
 
 - a pull request into the staging branch from the repository itself, by an author whose
   `author_association` is OWNER, MEMBER or COLLABORATOR, or whose login is allow-listed;
-- a pull request from a fork only while it carries the maintainers' label, and then marked
-  `is_fork=True` so the executor never hands it the site's app secrets.
+- a pull request from a fork only when a maintainer adds the label (the `labeled` event), at the
+  commit the pull request has then, and marked `is_fork=True` so the executor never hands it the
+  site's app secrets. Later pushes to the fork do not deploy, even while the label stays: a
+  maintainer who has looked at the new commits removes and adds the label again.
 """
 
 from __future__ import annotations
@@ -175,12 +177,16 @@ def _pull_request(payload: Mapping[str, Any], settings: DeliverySettings) -> Int
         return PreviewUp(pr=number, ref_sha=sha, head_repo=head_repo, is_fork=True)
 
     if is_fork:
-        if settings.fork_label not in labels:
+        if settings.fork_label in labels:
             return Ignored(
-                f"pull request #{number} is from fork {head_repo}; it deploys after a "
-                f"maintainer adds the label '{settings.fork_label}'"
+                f"pull request #{number} is from fork {head_repo}: commit {sha[:12]} is not "
+                f"deployed until a maintainer adds the label '{settings.fork_label}' again "
+                "(remove it, add it)"
             )
-        return PreviewUp(pr=number, ref_sha=sha, head_repo=head_repo, is_fork=True)
+        return Ignored(
+            f"pull request #{number} is from fork {head_repo}; it deploys after a "
+            f"maintainer adds the label '{settings.fork_label}'"
+        )
 
     association = _field(payload, "pull_request.author_association", str)
     login = _field(payload, "pull_request.user.login", str)

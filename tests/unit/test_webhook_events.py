@@ -73,13 +73,16 @@ def test_fixture_is_ignored_with_reason(name: str, reason_part: str) -> None:
     assert reason_part in intents[0].reason
 
 
-def test_fork_with_label_already_present_deploys_as_fork() -> None:
+@pytest.mark.parametrize("action", ["synchronize", "opened", "reopened"])
+def test_a_labeled_forks_new_commits_wait_for_a_fresh_label(action: str) -> None:
+    """The label approves the commit a maintainer looked at, not whatever the fork pushes next."""
     data = payload("pull_request.opened-fork")
-    data["action"] = "synchronize"
+    data["action"] = action
     data["pull_request"]["labels"] = [{"name": "safe-to-deploy"}]
-    assert map_event("pull_request", data, SETTINGS) == [
-        PreviewUp(14, HEAD, "octocat/ci-demo", is_fork=True)
-    ]
+    (intent,) = map_event("pull_request", data, SETTINGS)
+    assert isinstance(intent, Ignored)
+    assert "adds the label 'safe-to-deploy' again" in intent.reason
+    assert HEAD[:12] in intent.reason
 
 
 def test_fork_by_collaborator_still_needs_the_label() -> None:
