@@ -3,7 +3,9 @@
 A resource belongs to site `demo` when its name (a floating IP: its description) starts with
 `demo-`, when it carries the tag `cidemo-site-demo`, or (servers) when its metadata says
 `cidemo_site: demo`. A tag or metadata naming another site wins over the name, so site `demo` never
-takes `demo-2-net` of a tagged site `demo-2`. Only the connection's own project is looked at.
+takes `demo-2-net` of a tagged site `demo-2`. Server groups and keypairs carry neither tags nor
+metadata: they belong only by their exact names (`demo-deis`, the site's `ssh.key_name`), so
+`demo-2-deis` stays. Only the connection's own project is looked at.
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ def site_tag(site_name: str) -> str:
     return f"{TAG_PREFIX}{site_name}"
 
 
+def server_group_name(site_name: str) -> str:
+    """The one server group the Terraform module makes (terraform/compute.tf)."""
+    return f"{site_name}-deis"
+
+
 def belongs(
     site_name: str,
     name: str | None,
@@ -110,9 +117,11 @@ def _find(conn: Connection, site_name: str, key_name: str | None) -> list[Leak]:
     add("subnet", net.subnets(project_id=project), lambda s: s.name)
     add("network", net.networks(project_id=project), lambda n: n.name)
     add("security_group", net.security_groups(project_id=project), lambda g: g.name)
-    add("server_group", conn.compute.server_groups(), lambda g: g.name)
+    for group in conn.compute.server_groups():
+        if group.name == server_group_name(site_name):
+            leaks.append(Leak("server_group", group.id, group.name))
     for keypair in conn.compute.keypairs():
-        if keypair.name == key_name or belongs(site_name, keypair.name):
+        if key_name is not None and keypair.name == key_name:
             leaks.append(Leak("keypair", keypair.name, keypair.name))
     if _has_volumes(conn):
         add("volume", conn.block_storage.volumes(details=True), lambda v: v.name)

@@ -54,6 +54,14 @@ def test_a_half_applied_site_is_swept_exactly_and_strays_survive(
     # a prefix of the site name, without the dash, is another site
     lookalike = conn.network.create_security_group(name=f"{site.name}x-public")
     request.addfinalizer(lambda: conn.network.delete_security_group(lookalike))
+    # site `<name>-2`: its untagged server group and keypair start with `<name>-`, and stay
+    longer = f"{site.name}-2"
+    longer_group = conn.compute.create_server_group(
+        name=f"{longer}-deis", policies=["anti-affinity"]
+    )
+    request.addfinalizer(lambda: conn.compute.delete_server_group(longer_group))
+    longer_key = conn.compute.create_keypair(name=f"{longer}-key", public_key=public_key)
+    request.addfinalizer(lambda: conn.compute.delete_keypair(longer_key))
 
     expected = {
         ("server", f"{site.name}-{first.name}"),
@@ -82,6 +90,8 @@ def test_a_half_applied_site_is_swept_exactly_and_strays_survive(
     assert conn.network.get_network(tagged.id).name == f"{site.name}-borrowed"
     assert conn.network.get_security_group(lookalike.id).name == f"{site.name}x-public"
     assert conn.compute.find_keypair(stray_key.name) is not None
+    assert conn.compute.get_server_group(longer_group.id).name == f"{longer}-deis"
+    assert conn.compute.find_keypair(longer_key.name) is not None
     assert {(leak.kind, leak.name) for leak in find(conn, other.name, key_name=stray_key.name)} == {
         ("network", f"{other.name}-net"),
         ("network", f"{site.name}-borrowed"),
