@@ -6,8 +6,10 @@ instead. Preflight only reads: it creates nothing, so a failing preflight leaves
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from keystoneauth1 import exceptions as ksa
@@ -95,17 +97,29 @@ class PreflightError(CloudError):
         super().__init__(f"{first}{more}")
 
 
-def check(site: Site, conn: Connection, public_key: str | None = None) -> None:
+def check(
+    site: Site,
+    conn: Connection,
+    public_key: str | None = None,
+    managed_keypairs: Collection[str] = (),
+) -> None:
     """`preflight`, raising `PreflightError` when there is any problem."""
-    problems = preflight(site, conn, public_key)
+    problems = preflight(site, conn, public_key, managed_keypairs)
     if problems:
         raise PreflightError(problems)
 
 
-def preflight(site: Site, conn: Connection, public_key: str | None = None) -> list[str]:
+def preflight(
+    site: Site,
+    conn: Connection,
+    public_key: str | None = None,
+    managed_keypairs: Collection[str] = (),
+) -> list[str]:
     """Every problem that would make `terraform apply` fail on this cloud, one line each.
 
     `public_key` is the site's SSH public key; by default it is read from the site.
+    `managed_keypairs`: keypair names the site's Terraform state already holds (an existing
+    keypair of another name would make Terraform's create fail with 409).
     """
     cloud = conn.config.name
     try:
@@ -124,7 +138,7 @@ def preflight(site: Site, conn: Connection, public_key: str | None = None) -> li
         problems = image_problems(site, images, cloud)
         problems += flavor_problems(site, flavors, {i.name: i for i in images}, cloud)
         problems += _network_problems(site, conn, cloud)
-        keypair_exists, key_problems = _keypair_problems(site, conn, public_key)
+        keypair_exists, key_problems = _keypair_problems(site, conn, public_key, managed_keypairs)
         problems += key_problems
 
         existing = {(leak.kind, leak.name) for leak in find(conn, site.name)}
@@ -342,7 +356,7 @@ def _network_problems(site: Site, conn: Connection, cloud: str) -> list[str]:
 
 
 def _keypair_problems(
-    site: Site, conn: Connection, public_key: str | None
+    site: Site, conn: Connection, public_key: str | None, managed: Collection[str]
 ) -> tuple[bool, list[str]]:
     name = site.ssh.key_name
     try:
@@ -360,7 +374,31 @@ def _keypair_problems(
             f"different public key (fingerprint {keypair.fingerprint}); choose another key_name "
             "or delete that keypair"
         ]
+    if keypair is not None and name not in managed:
+        return True, [
+            f"ssh.key_name: keypair '{name}' already exists on cloud '{conn.config.name}' and "
+            "this site's Terraform state does not hold it, so Terraform's create would fail "
+            "(409); choose another key_name, delete that keypair, or adopt it with `terraform "
+            f"-chdir=<state>/terraform import openstack_compute_keypair_v2.site {name}`"
+        ]
     return keypair is not None, []
+
+
+def terraform_keypairs(terraform_dir: Path) -> set[str]:
+    """Names of the keypairs the site's (local) Terraform state holds; none without a state."""
+    try:
+        state = json.loads((terraform_dir / "terraform.tfstate").read_text())
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError) as exc:
+        raise CloudError(f"{terraform_dir / 'terraform.tfstate'}: unreadable ({exc})") from None
+    return {
+        str(instance.get("attributes", {}).get("name"))
+        for resource in state.get("resources", [])
+        if resource.get("type") == "openstack_compute_keypair_v2"
+        and resource.get("mode") == "managed"
+        for instance in resource.get("instances", [])
+    }
 
 
 def _quotas(conn: Connection) -> dict[str, Quota]:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from cidemo_infra.cloud.connect import connect
-from cidemo_infra.cloud.preflight import check
+from cidemo_infra.cloud.preflight import check, terraform_keypairs
 from cidemo_infra.cloud.sweep import Leak, sweep
 from cidemo_infra.cloud.waits import wait_for_servers
 from cidemo_infra.console import Reporter
@@ -41,18 +41,19 @@ def _driver(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> 
     return driver
 
 
-def _preflight(site: Site, site_path: str, reporter: Reporter) -> Any:
+def _preflight(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> Any:
     assert site.cloud is not None  # the site model requires it for this target
     conn = connect(site.cloud)
+    managed = terraform_keypairs(state.terraform_dir)
     with reporter.progress(f"preflight against cloud '{site.cloud}'"):
-        check(site, conn, read_public_key(site, site_path))
+        check(site, conn, read_public_key(site, site_path), managed)
     return conn
 
 
 def plan_infrastructure(
     site: Site, state: StateDir, site_path: str, reporter: Reporter
 ) -> list[dict[str, str]]:
-    _preflight(site, site_path, reporter)
+    _preflight(site, state, site_path, reporter)
     driver = _driver(site, state, site_path, reporter)
     with reporter.progress("terraform plan"):
         summary = driver.plan(state.terraform_dir / TFVARS_NAME)
@@ -64,7 +65,7 @@ def provision_infrastructure(
 ) -> bool:
     """Plan, show, ask, apply, record the inventory, wait; False when nothing more should run."""
     with state.lock():
-        conn = _preflight(site, site_path, reporter)
+        conn = _preflight(site, state, site_path, reporter)
         driver = _driver(site, state, site_path, reporter)
         if site.docker.transport == "tls" and not dry_run:
             allocate_public_addresses(site, state, site_path, driver, reporter, yes=yes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +30,7 @@ from cidemo_infra.cloud.preflight import (
     image_problems,
     quota_problems,
     same_public_key,
+    terraform_keypairs,
 )
 from cidemo_infra.cloud.sweep import Leak, SweepError, belongs
 from cidemo_infra.cloud.waits import wait_for_servers
@@ -505,3 +507,38 @@ def test_sweep_reports_what_stays_in_use() -> None:
 
     assert [(leak.id, why) for leak, why in err.value.failures] == [("n1", "network n1 is in use")]
     assert str(err.value).startswith("site 'demo': 1 resource(s) could not be deleted: network")
+
+
+def test_terraform_keypairs_reads_the_managed_keypairs_of_a_state(tmp_path: Path) -> None:
+    assert terraform_keypairs(tmp_path) == set()
+    (tmp_path / "terraform.tfstate").write_text(
+        json.dumps(
+            {
+                "version": 4,
+                "resources": [
+                    {
+                        "mode": "managed",
+                        "type": "openstack_compute_keypair_v2",
+                        "name": "site",
+                        "instances": [{"attributes": {"name": "demo-deis"}}],
+                    },
+                    {
+                        "mode": "data",
+                        "type": "openstack_compute_keypair_v2",
+                        "name": "other",
+                        "instances": [{"attributes": {"name": "someone-elses"}}],
+                    },
+                    {
+                        "mode": "managed",
+                        "type": "openstack_networking_network_v2",
+                        "name": "net",
+                        "instances": [{"attributes": {"name": "demo-net"}}],
+                    },
+                ],
+            }
+        )
+    )
+    assert terraform_keypairs(tmp_path) == {"demo-deis"}
+    (tmp_path / "terraform.tfstate").write_text("{not json")
+    with pytest.raises(CloudError, match=r"terraform\.tfstate: unreadable"):
+        terraform_keypairs(tmp_path)
