@@ -226,6 +226,21 @@ def test_docker_api_is_tls_only_on_2376(pki: Pki, profile: str, role: str) -> No
 
 
 @pytest.mark.parametrize(("profile", "role"), CASES)
+def test_containers_cannot_reach_the_metadata_service(pki: Pki, profile: str, role: str) -> None:
+    """user-data (served at 169.254.169.254) holds the Docker server key: an app container that
+    read it would own the node's engine. The guard rejects that address in DOCKER-USER, once."""
+    _, doc = render(pki, profile, role)
+    guard = units(doc)["cidemo-metadata-guard.service"]
+    assert guard.get("enable") is True and guard.get("command") == "start"
+    body = guard["content"]
+    assert "Requires=docker.service" in body and "After=docker.service" in body
+    assert "PartOf=docker.service" in body  # a docker restart runs it again
+    (start,) = [ln for ln in body.splitlines() if ln.startswith("ExecStart=")]
+    rule = "DOCKER-USER -d 169.254.169.254/32 -j REJECT"
+    assert f"-C {rule} ||" in start and f"-I {rule}'" in start
+
+
+@pytest.mark.parametrize(("profile", "role"), CASES)
 def test_tls_files_and_key_permissions(pki: Pki, profile: str, role: str) -> None:
     _, doc = render(pki, profile, role)
     ctx = make_context(pki, profile, role)
