@@ -19,6 +19,34 @@ log() {
   printf '[%s %s] %s\n' "${LOG_COMPONENT:-${0##*/}}" "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$*" >&2
 }
 
+first_ipv4() {
+  hostname -i 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+(\.[0-9]+){3}$' | head -n1 || true
+}
+
+# service_identity: the registrator-style identity of a service container, from its environment:
+# HOST_ID (the container's hostname), CONTAINER_NAME (default HOST_ID), NODE_ADDRESS (default the
+# hostname's first IPv4 address) and TTL (default 10, exported for announce.sh). Logs the problem
+# and returns 1 when ETCD_URL or an address is missing or TTL is not an integer >= 2.
+service_identity() {
+  if [ -z "${ETCD_URL:-}" ]; then
+    log "FATAL: ETCD_URL is not set (e.g. http://etcd:2379)"
+    return 1
+  fi
+  HOST_ID=$(hostname)
+  CONTAINER_NAME=${CONTAINER_NAME:-$HOST_ID}
+  NODE_ADDRESS=${NODE_ADDRESS:-$(first_ipv4)}
+  if [ -z "$NODE_ADDRESS" ]; then
+    log "FATAL: NODE_ADDRESS is not set and 'hostname -i' gave no IPv4 address"
+    return 1
+  fi
+  TTL=${TTL:-10}
+  if ! [[ "$TTL" =~ ^[0-9]+$ ]] || [ "$TTL" -lt 2 ]; then
+    log "FATAL: TTL must be an integer >= 2, got '$TTL'"
+    return 1
+  fi
+  export TTL
+}
+
 _etcd_uri() {
   jq -rn --arg v "$1" '$v|@uri'
 }

@@ -11,16 +11,7 @@ LOG_COMPONENT=dbproxy
 # shellcheck source=../common/etcd.sh
 . /usr/local/lib/cidemo/etcd.sh
 
-first_ipv4() {
-  hostname -i 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+(\.[0-9]+){3}$' | head -n1 || true
-}
-
-[ -n "${ETCD_URL:-}" ] || { log "FATAL: ETCD_URL is not set (e.g. http://etcd:2379)"; exit 1; }
-HOST_ID=$(hostname)
-CONTAINER_NAME=${CONTAINER_NAME:-$HOST_ID}
-NODE_ADDRESS=${NODE_ADDRESS:-$(first_ipv4)}
-[ -n "$NODE_ADDRESS" ] || { log "FATAL: NODE_ADDRESS is not set and 'hostname -i' gave no IPv4 address"; exit 1; }
-export TTL=${TTL:-10}
+service_identity || exit 1
 
 log "proxy $CONTAINER_NAME (node ${NODE_NAME:-$HOST_ID}) address $NODE_ADDRESS, etcd $ETCD_URL prefix '${ETCD_PREFIX}' ttl $TTL s"
 exec /usr/local/lib/cidemo/announce.sh --component dbproxy \

@@ -27,10 +27,6 @@ die() {
   exit 1
 }
 
-first_ipv4() {
-  hostname -i 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+(\.[0-9]+){3}$' | head -n1 || true
-}
-
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 
 [ -n "${ETCD_URL:-}" ] || die "ETCD_URL is not set (e.g. http://etcd:2379)"

@@ -7,18 +7,9 @@ LOG_COMPONENT=jenkins
 # shellcheck source=/dev/null
 . /usr/local/lib/cidemo/etcd.sh
 
-first_ipv4() {
-  hostname -i 2>/dev/null | tr ' ' '\n' | grep -E '^[0-9]+(\.[0-9]+){3}$' | head -n1 || true
-}
-
 secret=/etc/cidemo/secrets/jenkins_admin_password
 [ -r "$secret" ] || { log "FATAL: $secret is missing or not readable by uid $(id -u) (copy it with owner 1000, mode 0400)"; exit 1; }
-[ -n "${ETCD_URL:-}" ] || { log "FATAL: ETCD_URL is not set (e.g. http://etcd:2379)"; exit 1; }
-HOST_ID=$(hostname)
-CONTAINER_NAME=${CONTAINER_NAME:-$HOST_ID}
-NODE_ADDRESS=${NODE_ADDRESS:-$(first_ipv4)}
-[ -n "$NODE_ADDRESS" ] || { log "FATAL: NODE_ADDRESS is not set and 'hostname -i' gave no IPv4 address"; exit 1; }
-export TTL=${TTL:-10}
+service_identity || exit 1
 
 log "jenkins $CONTAINER_NAME address $NODE_ADDRESS, etcd $ETCD_URL prefix '${ETCD_PREFIX}' ttl $TTL s"
 exec /usr/local/lib/cidemo/announce.sh --component jenkins \
