@@ -9,11 +9,14 @@ SITE ?= infra/sites/local.yaml
 PYTEST_ARGS ?=
 
 .PHONY: help venv host provision destroy smoke render plan status recover images base-image \
-        test test-unit test-integration lint bench clean
+        test test-unit test-integration lint bench clean \
+        env-up env-down env-list env-promote env-gc env-refresh-staging env-backups
 
 help:
 	@echo "make provision | destroy | smoke | render | plan | status | recover | images | base-image"
 	@echo "make test | lint | bench          (SITE=$(SITE))"
+	@echo "make env-up PR=<n>|ENV=staging|ENV=production REF=<sha> [IMAGE=<image>] [FORK=1]"
+	@echo "make env-down PR=<n> | env-list | env-promote | env-gc | env-refresh-staging [FROM=<backup>] | env-backups"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +55,35 @@ base-image: venv host
 
 images: venv host
 	$(CIDEMO) images --site $(SITE)
+
+# `cidemo env` wrappers. Which environment: PR=<n> (a preview), or ENV=staging / ENV=production.
+# CIDEMO_YES=1 answers the questions of down, gc and refresh-staging.
+env_which = $(strip $(if $(PR),--pr $(PR),$(if $(filter staging,$(ENV)),--staging,\
+  $(if $(filter production,$(ENV)),--production,\
+  $(error name the environment: PR=<n>, ENV=staging or ENV=production)))))
+need = $(if $($(1)),$($(1)),$(error $(1) is required: $(2)))
+
+env-up: venv host
+	$(CIDEMO) env up --site $(SITE) $(env_which) --ref $(call need,REF,make env-up PR=<n> REF=<sha>) \
+	  $(if $(IMAGE),--image $(IMAGE)) $(if $(FORK),--fork)
+
+env-down: venv host
+	$(CIDEMO) env down --site $(SITE) $(env_which)
+
+env-list: venv host
+	$(CIDEMO) env list --site $(SITE)
+
+env-promote: venv host
+	$(CIDEMO) env promote --site $(SITE)
+
+env-gc: venv host
+	$(CIDEMO) env gc --site $(SITE)
+
+env-refresh-staging: venv host
+	$(CIDEMO) env refresh-staging --site $(SITE) $(if $(FROM),--from $(FROM))
+
+env-backups: venv host
+	$(CIDEMO) env backups --site $(SITE)
 
 test: venv host
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
