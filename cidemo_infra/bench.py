@@ -206,11 +206,16 @@ def _compose(compose: str, compose_file: Path, *args: str) -> float:
     return time.monotonic() - start
 
 
+FAILED: list[str] = []  # sections that could not be measured; the bench then exits 1
+
+
 def _section(name: str, measure: Callable[[], list[list[str]]]) -> list[list[str]]:
-    """A section's rows, or one row saying why it could not be measured (the rest still runs)."""
+    """A section's rows, or one row saying why it could not be measured (the rest still runs,
+    and the bench exits 1 at the end)."""
     try:
         return measure()
     except Exception as exc:
+        FAILED.append(f"{name}: {type(exc).__name__}: {exc}")
         return [[name, "not measured", f"{type(exc).__name__}: {exc}"[:80], "-"]]
 
 
@@ -287,6 +292,13 @@ def main() -> None:
         )
         shutil.rmtree(work, ignore_errors=True)
     reporter.table(["measurement", "cidemo", "baseline (same run)", "ratio"], rows)
+    reporter.line("ratio: cidemo's time / the baseline's (below 1: cidemo is faster)")
+    for line in bench_clone.SUMMARY:
+        reporter.line(line)
+    for failure in FAILED:
+        print(f"bench: not measured: {failure}", file=sys.stderr)
+    if FAILED:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

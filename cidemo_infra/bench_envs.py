@@ -3,8 +3,9 @@ floor from the same run (the same Swarm service spec created by hand and waited 
 task runs: what no tool can beat), and a no-op `env up`.
 
 `run` needs a provisioned local site with an environments section whose `max_previews` is at
-least 6 (the lead's bench site); it builds examples/guestbook (not timed), deploys previews of
-made-up pull requests 9001-9006 and removes everything it made, also when it fails.
+least 6 (the lead's bench site); it builds examples/guestbook (not timed), seeds the staging
+database with STAGE_ROWS guestbook entries (not timed) so that every new preview clones it, deploys
+previews of made-up pull requests 9001-9006 and removes everything it made, also when it fails.
 Timings are measured here and never asserted by tests.
 """
 
@@ -28,6 +29,8 @@ import docker.types
 
 from cidemo_infra import images
 from cidemo_infra.console import Reporter
+from cidemo_infra.envs.database import connect, database_exists, execute, quote_ident
+from cidemo_infra.envs.operations import staging_database
 from cidemo_infra.envs.swarm import service_name
 from cidemo_infra.errors import UsageError
 from cidemo_infra.placement.specs import apps_domain, has_router
@@ -37,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 GUESTBOOK = REPO / "examples" / "guestbook"
 FIRST_PR = 9001
 CONCURRENT = 5
+STAGE_ROWS = 5000  # ~1 MB: a small blog's staging database
 TIMEOUT = 600.0
 CIDEMO = (sys.executable, "-m", "cidemo_infra")
 
@@ -67,7 +71,18 @@ def run(
     def up(pr: int) -> float:
         return env("up", "--pr", str(pr), "--ref", sha, "--image", tag, "--lock-wait", "60")
 
+    stage = staging_database(site.environments.app)
+    conn = connect(
+        "127.0.0.1",
+        site.services.proxy.rw_port,
+        "root",
+        (Path(state_dir) / "secrets" / "root_password").read_text().strip(),
+    )
+    if database_exists(conn, stage):
+        conn.close()
+        raise UsageError(f"{site_path}: the bench needs a site without a staging database")
     try:
+        _seed_staging(conn, stage)
         images.build_app_image(
             client, GUESTBOOK, tag, Reporter(quiet=True), build_args={"APP_VERSION": sha}
         )
@@ -95,9 +110,11 @@ def run(
         # still used by a stopping task: an untagged image is harmless
         with contextlib.suppress(docker.errors.APIError):
             client.images.remove(tag)
+        execute(conn, f"DROP DATABASE IF EXISTS {quote_ident(stage)}")
+        conn.close()
     return [
         [
-            "env up, 1 new preview (clone, user, secret, service)",
+            f"env up, 1 new preview (clone of {STAGE_ROWS} rows, user, secret, service)",
             f"{one:.1f} s (routed {routed:.1f} s)",
             f"floor: its service by hand, {floor_one:.1f} s",
             f"{one / floor_one:.2f}x",
@@ -110,6 +127,19 @@ def run(
         ],
         ["env up, no change", f"{noop:.2f} s", "-", "-"],
     ]
+
+
+def _seed_staging(conn: Any, database: str) -> None:
+    """The staging database a preview is cloned from: guestbook's table with STAGE_ROWS rows."""
+    execute(conn, f"CREATE DATABASE {quote_ident(database)} CHARACTER SET utf8mb4")
+    execute(
+        conn,
+        f"CREATE TABLE {quote_ident(database)}.entries (id INT AUTO_INCREMENT PRIMARY KEY, "
+        "message VARCHAR(500) NOT NULL, created TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+    )
+    rows = [(f"staging entry {i}: " + "x" * 200,) for i in range(STAGE_ROWS)]
+    with conn.cursor() as cur:
+        cur.executemany(f"INSERT INTO {quote_ident(database)}.entries (message) VALUES (%s)", rows)
 
 
 def _timed(argv: Sequence[str]) -> float:
