@@ -3,10 +3,12 @@
 Served by waitress: a maintained, pure-Python production WSGI server (no compiler, no event loop)
 with its own request-size limit, which suits a small synchronous endpoint in front of a queue.
 
-A request goes through, in order: path (404), method (405), size (413), content type (415),
-signature over the raw body (401), GitHub's headers (400), the delivery log (200 "duplicate
-delivery"), JSON and the event mapping (400), the queue (202, or 503 when full). Nothing is parsed
-before the signature matched and nothing is queued twice. Workers run the intents through an
+A request goes through, in order: path (404), method (405), size (413: a body is bounded before
+it is read), signature over the raw body (401), content type (415), GitHub's headers (400), the
+delivery log (200 "duplicate delivery"), JSON and the event mapping (400), then 202: queued, or
+ignored with the reason (503 when the queue is full). A request without the right signature gets
+401 whatever else is wrong with it. Nothing is parsed before the signature matched and nothing
+is queued twice. Workers run the intents through an
 `IntentExecutor`; intents of one pull request run one at a time in arrival order. Each request is
 logged on one line: delivery id, event, action, verdict. Bodies and secrets are never logged.
 """
@@ -320,15 +322,15 @@ class WebhookApp:
             return 400, "bad Content-Length", line
         if length > self.max_body:
             return 413, f"body over {self.max_body} bytes", line
-        media = _media_type(environ.get("CONTENT_TYPE", ""))
-        if media not in ("application/json", "application/x-www-form-urlencoded"):
-            return 415, "content type must be application/json or form-urlencoded", line
         body = environ["wsgi.input"].read(length) if length else b""
 
         if not signature.is_valid_signature(
             self._secret, body, environ.get("HTTP_X_HUB_SIGNATURE_256")
         ):
             return 401, "signature missing or wrong", line
+        media = _media_type(environ.get("CONTENT_TYPE", ""))
+        if media not in ("application/json", "application/x-www-form-urlencoded"):
+            return 415, "content type must be application/json or form-urlencoded", line
 
         delivery = environ.get("HTTP_X_GITHUB_DELIVERY", "")
         event = environ.get("HTTP_X_GITHUB_EVENT", "")
@@ -370,7 +372,7 @@ class WebhookApp:
         if not actionable:
             reasons = "; ".join(getattr(i, "reason", "") for i in intents)
             line["verdict"] = f"ignored: {reasons}"
-            return 200, f"ignored: {reasons}"
+            return 202, f"ignored: {reasons}"
         try:
             self.queue.put_all((ordering_key(i), Work(delivery, repo, i)) for i in actionable)
         except QueueFull as exc:

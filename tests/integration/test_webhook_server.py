@@ -236,6 +236,14 @@ def _bad_requests() -> list[tuple[str, str, str, bytes, dict[str, str], int]]:
             {**unsigned, "Content-Type": form},
             401,
         ),
+        (
+            "unsigned, wrong content type too",
+            "POST",
+            "/github",
+            good,
+            {**unsigned, "Content-Type": "text/plain"},
+            401,
+        ),
         ("empty body", "POST", "/github", b"", with_sig(b""), 400),
         ("truncated JSON", "POST", "/github", good[:300], with_sig(good[:300]), 400),
         ("JSON array", "POST", "/github", b"[1, 2]", with_sig(b"[1, 2]"), 400),
@@ -423,9 +431,9 @@ def test_form_encoded_delivery_is_accepted(
     ("name", "code", "text"),
     [
         ("ping", 200, "pong"),
-        ("issues.opened", 200, "ignored: event 'issues' is not handled"),
-        ("push.delete", 200, "ignored: push deleted refs/heads/add-s3-storage"),
-        ("pull_request.opened-fork", 200, "ignored: pull request #14 is from fork"),
+        ("issues.opened", 202, "ignored: event 'issues' is not handled"),
+        ("push.delete", 202, "ignored: push deleted refs/heads/add-s3-storage"),
+        ("pull_request.opened-fork", 202, "ignored: pull request #14 is from fork"),
     ],
 )
 def test_nothing_to_do_is_ok_and_runs_nothing(
