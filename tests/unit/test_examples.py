@@ -167,6 +167,43 @@ def test_entrypoint_refuses_a_database_without_password(entrypoint: Path) -> Non
     assert "args=" not in result.stdout
 
 
+def test_entrypoint_reads_secrets_from_files(entrypoint: Path) -> None:
+    """The swarm platform hands DB_PASS and app secrets over as <NAME>_FILE (Swarm secrets)."""
+    secrets_dir = entrypoint.parent / "run-secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "db_pass").write_text("from-a-file")
+    (secrets_dir / "s3_key").write_text("wJalrFROMFILE")
+    result = _run(
+        entrypoint,
+        DB_HOST="cidemo-demo-dbproxy",
+        DB_USER="pr_11_ghost",
+        DB_PASS_FILE=str(secrets_dir / "db_pass"),
+        S3_ACCESS_KEY_ID="AKIAEXAMPLE",
+        S3_ACCESS_KEY_FILE=str(secrets_dir / "s3_key"),
+    )
+    assert result.returncode == 0, result.stderr
+    env = _env(result.stdout)
+    assert env["database__connection__password"] == "from-a-file"
+    assert env["storage__s3__secretAccessKey"] == "wJalrFROMFILE"
+    assert not {"DB_PASS", "DB_PASS_FILE", "S3_ACCESS_KEY", "S3_ACCESS_KEY_FILE"} & set(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DB_PASS": "x", "DB_PASS_FILE": "/dev/null"}, "both DB_PASS and DB_PASS_FILE are set"),
+        ({"DB_PASS_FILE": "/nonexistent/db_pass"}, "DB_PASS_FILE=/nonexistent/db_pass is not a"),
+    ],
+)
+def test_entrypoint_refuses_an_ambiguous_or_missing_secret_file(
+    entrypoint: Path, env: dict[str, str], message: str
+) -> None:
+    result = _run(entrypoint, DB_HOST="mysql", DB_USER="ghost", **env)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "args=" not in result.stdout
+
+
 def test_entrypoint_maps_s3_keys_and_needs_an_adapter(entrypoint: Path) -> None:
     keys = {"S3_ACCESS_KEY_ID": "AKIAEXAMPLE", "S3_ACCESS_KEY": "wJalrEXAMPLEKEY"}
     without = _run(entrypoint, **keys)
