@@ -20,7 +20,7 @@ import contextlib
 import datetime as dt
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,12 +223,15 @@ def _down_locked(ctx: EnvContext, env: Environment) -> bool:
     return removed or had_db or had_record
 
 
-def production_image(ctx: EnvContext, sha: str) -> str:
+def production_image(ctx: EnvContext, sha: str, commits: Sequence[str] = ()) -> str:
     """For a push to the production branch: the exact image staging runs when staging runs that
-    commit, else the image template's image of the commit."""
+    commit or one the push brought in (`commits`: a merge of the staging branch makes a new merge
+    commit `sha`, with staging's commit among the pushed ones), else the image template's image of
+    `sha`. Production then runs what was tested on staging; commits only the production branch
+    has (hotfixes) belong merged into the staging branch first, or its image lacks them."""
     stage = names.staging(ctx.app)
     record = records.load(ctx.state, stage.name)
-    if record is not None and record.ref == sha:
+    if record is not None and record.ref and record.ref in {sha, *commits}:
         running = ctx.platform.image_of(stage)
         if running:
             return running

@@ -65,6 +65,9 @@ class StagingUp:
 @dataclass(frozen=True)
 class ProductionUp:
     sha: str
+    # the push's commits (payload `commits[].id`): a merge of the staging branch brings staging's
+    # commit in here while `sha` is the merge commit
+    commits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -209,8 +212,19 @@ def _push(payload: Mapping[str, Any], settings: DeliverySettings) -> Intent:
     if ref == f"refs/heads/{settings.staging_branch}":
         return StagingUp(sha=after)
     if ref == f"refs/heads/{settings.production_branch}":
-        return ProductionUp(sha=after)
+        return ProductionUp(sha=after, commits=_commit_ids(payload))
     return Ignored(f"push to {ref} deploys nothing")
+
+
+def _commit_ids(payload: Mapping[str, Any]) -> tuple[str, ...]:
+    commits = _field(payload, "commits", list, nullable=True) or []
+    ids: list[str] = []
+    for i, commit in enumerate(commits):
+        cid = commit.get("id") if isinstance(commit, dict) else None
+        if not isinstance(cid, str) or not _SHA.match(cid):
+            raise PayloadError(f"commits[{i}].id: missing or not a commit id")
+        ids.append(cid)
+    return tuple(ids)
 
 
 def _label_names(payload: Mapping[str, Any]) -> frozenset[str]:

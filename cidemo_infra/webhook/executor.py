@@ -6,7 +6,7 @@
   fails is finished by `cidemo env gc`);
 - `StagingUp`: staging runs the image of the pushed commit;
 - `ProductionUp`: production runs the exact image staging runs when staging runs the pushed
-  commit, else the image of the commit.
+  commit or one the push brought in (a merge of the staging branch), else the image of the commit.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class EnvironmentExecutor:
                 return ExecutionResult(url, True, f"{env.name} runs {image}")
             env = names.production(app)
             assert isinstance(intent, ProductionUp)
-            image = operations.production_image(ctx, intent.sha)
+            image = operations.production_image(ctx, intent.sha, intent.commits)
             url = operations.up(ctx, env, intent.sha, image)
             return ExecutionResult(url, True, f"{env.name} runs {image}")
 

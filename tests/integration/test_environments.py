@@ -566,10 +566,15 @@ def test_production_takes_stagings_exact_image_not_the_template(
     engine: docker.DockerClient, envs: Env
 ) -> None:
     # staging runs commit C from the image built for A (say, a retagged release candidate):
-    # the template's image for C does not exist, staging's does
+    # the template's image for C does not exist, staging's does. The release merges the staging
+    # branch into master: master's new commit M is a merge commit nobody built an image for, and
+    # the push lists C among its commits.
     result = envs.cli("up", "--staging", "--ref", SHA_C, "--image", f"cidemo/guestbook:{SHA_A}")
     assert result.rc == 0, result.err
-    status, text, _ = envs.deliver("push", payload("push.master", after=SHA_C))
+    merge = secrets.token_hex(20)
+    push = payload("push.master", after=merge)
+    push["commits"] = [{**push["commits"][0], "id": SHA_C}, {**push["commits"][1], "id": merge}]
+    status, text, _ = envs.deliver("push", push)
     assert status == 202, text
     wait_for(
         "production on staging's image",

@@ -402,7 +402,16 @@ def test_opened_is_accepted_at_once_and_executed(
     ("name", "intent"),
     [
         ("push.development", StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6")),
-        ("push.master", ProductionUp("9049f1265b7d61be4a8904a9a27120d2064dab3b")),
+        (
+            "push.master",
+            ProductionUp(
+                "9049f1265b7d61be4a8904a9a27120d2064dab3b",
+                (
+                    "e5bd3914e2e596debea16f433f57875b5b90bcd6",
+                    "9049f1265b7d61be4a8904a9a27120d2064dab3b",
+                ),
+            ),
+        ),
         ("pull_request.closed-unmerged", PreviewDown(12, merged=False)),
         ("pull_request.labeled-fork", PreviewUp(14, HEAD, "octocat/ci-demo", True)),
     ],

@@ -49,7 +49,18 @@ def event_of(name: str) -> str:
         ("pull_request.closed-unmerged", [PreviewDown(12, merged=False)]),
         ("pull_request.labeled-fork", [PreviewUp(14, HEAD, "octocat/ci-demo", True)]),
         ("push.development", [StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6")]),
-        ("push.master", [ProductionUp("9049f1265b7d61be4a8904a9a27120d2064dab3b")]),
+        (
+            "push.master",
+            [
+                ProductionUp(
+                    "9049f1265b7d61be4a8904a9a27120d2064dab3b",
+                    (
+                        "e5bd3914e2e596debea16f433f57875b5b90bcd6",
+                        "9049f1265b7d61be4a8904a9a27120d2064dab3b",
+                    ),
+                )
+            ],
+        ),
         ("ping", []),
     ],
 )
@@ -296,3 +307,14 @@ def test_signature_binds_body_and_secret() -> None:
     assert not is_valid_signature(SECRET, BODY + b" ", DOC_SIGNATURE)
     assert not is_valid_signature("another secret", BODY, DOC_SIGNATURE)
     assert not is_valid_signature("", BODY, sign("", BODY))
+
+
+@pytest.mark.parametrize(
+    "commits",
+    [[{"id": "not-a-sha"}], [{"message": "no id"}], ["e5bd3914e2e596debea16f433f57875b5b90bcd6"]],
+)
+def test_a_push_with_a_malformed_commit_list_is_refused(commits: list[object]) -> None:
+    data = payload("push.master")
+    data["commits"] = commits
+    with pytest.raises(PayloadError, match=r"commits\[0\]\.id"):
+        map_event("push", data, SETTINGS)
