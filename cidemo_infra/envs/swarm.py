@@ -5,8 +5,9 @@
   advertising 127.0.0.1. `swarm init` runs only on an engine that is in no swarm; an engine
   already in one is used as it is (cidemo never leaves, forces or re-creates a swarm).
 - The network: an attachable overlay `cidemo-<site>-apps` that the services join, and that the
-  router and the database proxy containers are connected to. Apps reach the proxy by its
-  container name there (the site's bridge network is closed to overlay traffic).
+  router (and locally the database proxy) are connected to. Locally apps reach the proxy by its
+  container name there (the site's bridge network is closed to overlay traffic); on a cloud the
+  proxy is on the standalone node's host network and apps reach its private address.
 - A service `cidemo-<site>-app-<env>`: one replica, rolling updates that start the new task
   before stopping the old one and roll back on failure, restarted on any exit, endpoint mode
   `dnsrr` (the router resolves every task address; a virtual IP needs IPVS in the kernel, which
@@ -248,7 +249,10 @@ class SwarmPlatform:
             self._ensure_swarm()
             self._ensure_network()
             standalone = self.inventory.of_role("standalone")[0]
-            for role in ("router", "dbproxy"):
+            # on a cloud the proxy shares the node's network (a host-networked container cannot
+            # join an overlay) and apps reach it at the node's private address instead
+            roles = ("router", "dbproxy") if self.site.target == "local" else ("router",)
+            for role in roles:
                 self._attach(standalone, container_name(self.site, role))
         self._prepared = True
 
