@@ -41,6 +41,7 @@ from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.signature import sign
 from tests.conftest import REPO, Run
 from tests.integration.conftest import TestSite, free_port, make_site, remove_site
+from tests.support.recording_github import RecordingGitHub
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +52,7 @@ DOMAIN = "cidemo.test"
 WAIT = 240.0  # seconds for a delivery to become a running environment
 SHA_A, SHA_B, SHA_C = (secrets.token_hex(20) for _ in range(3))
 PR_ONE, PR_TWO = 11, 12
+GITHUB_TOKEN = "ghp_" + secrets.token_hex(18)  # a made-up token the recording server checks
 # `cidemo env` is registered in the CLI by the lead; this runs the same entry point with it added.
 ENV_CLI = (
     "import sys; from cidemo_infra.cli import cli, main; "
@@ -65,6 +67,7 @@ class Env:
     webhook: str  # http://127.0.0.1:<port>/github
     secret: str
     router_port: int
+    github: RecordingGitHub  # NOT GitHub: records the commit statuses the server posts
     sent: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict)
 
     def cli(self, *args: str, site: Path | None = None, timeout: float = 600) -> Run:
@@ -302,7 +305,9 @@ def envs(site: TestSite) -> Iterator[Env]:
     path.chmod(0o600)
     port = free_port()
     log = (site.state / "webhook.log").open("w")
+    github = RecordingGitHub().__enter__()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIDEMO_GITHUB")}
+    env |= {"CIDEMO_GITHUB_API": github.url, "CIDEMO_GITHUB_TOKEN": GITHUB_TOKEN}
     server = subprocess.Popen(
         [
             sys.executable,
@@ -331,6 +336,7 @@ def envs(site: TestSite) -> Iterator[Env]:
             f"http://127.0.0.1:{port}/github",
             secret,
             int(site.data["environments"]["router_port"]),
+            github,
         )
     finally:
         server.send_signal(signal.SIGTERM)
@@ -340,6 +346,7 @@ def envs(site: TestSite) -> Iterator[Env]:
             server.kill()
             server.wait(10)
         log.close()
+        github.__exit__()
 
 
 def _listens(port: int) -> bool:
@@ -410,6 +417,21 @@ def test_opened_pull_request_gets_a_preview_on_its_own_database(
     assert (update["Order"], update["FailureAction"]) == ("start-first", "rollback")
     registry = Registry(f"http://127.0.0.1:{envs.site.data['services']['etcd']['port']}")
     assert registry.get(f"/services/apps/{env}") == f"cidemo-{envs.site.name}-app-{env}:8080"
+
+    # the commit status with the preview's URL, through CIDEMO_GITHUB_API, with the token
+    url = f"http://{env}.{DOMAIN}:{envs.router_port}/"
+    posted = wait_for(
+        "a success status for the head commit",
+        lambda: [
+            r
+            for r in envs.github.statuses()
+            if r.path == f"/repos/paulczar/ci-demo/statuses/{SHA_A}"
+            and r.body.get("state") == "success"
+        ],
+        30,
+    )
+    assert posted[-1].body["target_url"] == url
+    assert posted[-1].headers["Authorization"] == f"Bearer {GITHUB_TOKEN}"
 
 
 def test_synchronize_runs_the_new_commit_on_the_same_database(
@@ -736,6 +758,7 @@ def test_no_database_password_in_specs_labels_env_or_logs(
 ) -> None:
     values = [envs.site.secret(f"app-db-{e}") for e in (f"stage-{APP}", APP)]
     values.append(envs.site.secret(f"app/{APP_SECRET}"))
+    values.append(GITHUB_TOKEN)  # the webhook server had it in its environment
     texts = [envs.cli("list", "--json").out, (envs.site.state / "webhook.log").read_text()]
     for name in (f"stage-{APP}", APP):
         texts.append(json.dumps(service(engine, envs.site, name)))
