@@ -3,10 +3,10 @@ resource "openstack_compute_keypair_v2" "site" {
   public_key = var.ssh_public_key
 }
 
-# Keeps the Deis nodes (etcd and Galera members) on different hypervisors.
+# Keeps the Deis nodes (etcd and Galera members) on different hypervisors (soft: when it can).
 resource "openstack_compute_servergroup_v2" "deis" {
   name     = "${var.site_name}-deis"
-  policies = ["anti-affinity"]
+  policies = [var.deis_server_group_policy]
 }
 
 resource "openstack_networking_port_v2" "node" {

@@ -50,6 +50,16 @@ variable "admin_cidrs" {
   }
 }
 
+variable "deis_server_group_policy" {
+  type        = string
+  description = "Policy of the Deis nodes' server group: anti-affinity (every node on its own hypervisor, or the boot fails) or soft-anti-affinity (spread when the cloud can)."
+
+  validation {
+    condition     = contains(["anti-affinity", "soft-anti-affinity"], var.deis_server_group_policy)
+    error_message = "deis_server_group_policy must be anti-affinity or soft-anti-affinity."
+  }
+}
+
 variable "keypair_name" {
   type        = string
   description = "Name of the Nova keypair created from ssh_public_key."

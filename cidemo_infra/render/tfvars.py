@@ -39,6 +39,15 @@ def read_public_key(site: Site, source: str) -> str:
     return key
 
 
+SERVER_GROUP_POLICIES = {"hard": "anti-affinity", "soft": "soft-anti-affinity"}
+
+
+def server_group_policy(site: Site) -> str:
+    """The Deis nodes' server group policy (roles.deis.anti_affinity, default hard)."""
+    deis = site.roles.get("deis")
+    return SERVER_GROUP_POLICIES[(deis.anti_affinity if deis else None) or "hard"]
+
+
 def tfvars(site: Site, public_key: str, user_data: Mapping[str, Path]) -> dict[str, Any]:
     ips = site.private_ips()
     nodes = {}
@@ -60,6 +69,7 @@ def tfvars(site: Site, public_key: str, user_data: Mapping[str, Path]) -> dict[s
         "dns_nameservers": [str(ip) for ip in site.network.dns],
         "admin_cidrs": [str(c) for c in site.admin_cidrs],
         "keypair_name": site.ssh.key_name,
+        "deis_server_group_policy": server_group_policy(site),
         "ssh_public_key": public_key,
         "nodes": nodes,
         "tags": ["cidemo", f"cidemo-site-{site.name}"],

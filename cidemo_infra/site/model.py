@@ -57,6 +57,11 @@ class RoleSpec(_Strict):
     min_ram_mb: int = Field(2048, ge=512)
     min_disk_gb: int = Field(20, ge=1)
     min_vcpus: int = Field(1, ge=1)
+    anti_affinity: Literal["hard", "soft"] | None = Field(
+        None,
+        description="deis only: hard (default; each node on its own hypervisor or the boot "
+        "fails) or soft (spread when the cloud can)",
+    )
 
 
 class Engine(_Strict):
@@ -337,6 +342,12 @@ def _openstack_problems(site: Site) -> list[str]:
         )
     if not site.ssh.public_key and not site.ssh.public_key_file:
         problems.append("ssh.public_key_file: required for target 'openstack' (or ssh.public_key)")
+    standalone = site.roles.get("standalone")
+    if standalone is not None and standalone.anti_affinity is not None:
+        problems.append(
+            "roles.standalone.anti_affinity: only the deis nodes share a server group; "
+            "set roles.deis.anti_affinity"
+        )
     for role in ROLES:
         spec = site.roles.get(role)  # type: ignore[call-overload]
         for key in ("flavor", "image"):

@@ -115,3 +115,52 @@ def test_env_state_dir_is_honoured(tmp_path: Path, cidemo) -> None:
     )
     assert result.rc == 0
     assert (tmp_path / "env" / "user-data" / "deis-1.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "policy"), [(None, "anti-affinity"), ("soft", "soft-anti-affinity")]
+)
+def test_the_deis_server_group_policy_follows_the_site(
+    tmp_path: Path, cidemo, setting: str | None, policy: str
+) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["ssh"] = {"public_key_file": str(SITES / "example-key.pub")}
+    if setting:
+        data["roles"]["deis"]["anti_affinity"] = setting
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data))
+    result = cidemo("render", "--site", str(site), "--state-dir", str(tmp_path / "state"))
+    assert result.rc == 0, result.err
+    tfvars = json.loads(Path(result.out.split()[0]).read_text())
+    assert tfvars["deis_server_group_policy"] == policy
+
+
+def test_terraform_refuses_an_unknown_server_group_policy(rendered, tmp_path: Path) -> None:
+    """The module's own validation, by the real terraform (variables.tf needs no provider),
+    with the rendered inputs of the example site and one bad value."""
+    import shutil
+    import subprocess
+
+    _, paths, _ = rendered
+    shutil.copy(REPO / "terraform" / "variables.tf", tmp_path / "variables.tf")
+    shutil.copy(paths[0], tmp_path / paths[0].name)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "TF_IN_AUTOMATION": "1", "HOME": str(tmp_path)}
+
+    def terraform(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["terraform", *args, "-input=false", "-no-color"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+    init = terraform("init")
+    assert init.returncode == 0, init.stderr
+    good = terraform("plan")
+    assert good.returncode == 0, good.stderr
+    bad = terraform("plan", "-var", "deis_server_group_policy=affinity")
+    assert bad.returncode == 1
+    assert "deis_server_group_policy must be anti-affinity or soft-anti-affinity" in bad.stderr

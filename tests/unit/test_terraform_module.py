@@ -67,6 +67,7 @@ CONTRACT_VARIABLES = {
     "ssh_public_key",
     "nodes",
     "tags",
+    "deis_server_group_policy",
 }
 CREDENTIAL_ARGUMENTS = {
     name
@@ -418,7 +419,10 @@ def test_security_groups_are_named_and_keep_default_egress() -> None:
 
 def test_deis_nodes_share_an_anti_affinity_server_group() -> None:
     group = MODULE["resource"]["openstack_compute_servergroup_v2.deis"]
-    assert (group["name"], group["policies"]) == ("${var.site_name}-deis", ["anti-affinity"])
+    assert (group["name"], group["policies"]) == (
+        "${var.site_name}-deis",
+        ["${var.deis_server_group_policy}"],
+    )
     [hints] = MODULE["resource"]["openstack_compute_instance_v2.node"]["dynamic"]
     body = hints["scheduler_hints"]
     assert body["content"][0]["group"] == "${scheduler_hints.value}"
