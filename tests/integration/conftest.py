@@ -144,29 +144,38 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 def spare_dockerd(
     root: Path, host: str, connect: Callable[[], docker.DockerClient], *extra: str
 ) -> Iterator[docker.DockerClient]:
-    """A dockerd of the test's own: listening on `host`, data and state under `root`, no bridge
-    and no iptables rules of its own; waited for (60 s), emptied, stopped and removed after."""
+    """A dockerd of the test's own: listening on `host`, data and state under `root`, its default
+    network on a bridge of its own and no iptables rules; waited for (60 s), emptied, stopped and
+    removed after, with its bridge. Never `--bridge none`: a dockerd started so deletes the host's
+    docker0, which the machine's own dockerd (same network namespace) still uses."""
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     log = root / "dockerd.log"
-    proc = start_process(
-        [
-            "dockerd",
-            "--host",
-            host,
-            "--data-root",
-            str(root / "data"),
-            "--exec-root",
-            str(root / "exec"),
-            "--pidfile",
-            str(root / "docker.pid"),
-            "--bridge",
-            "none",
-            "--iptables=false",
-            *extra,
-        ],
-        log,
-    )
+    bridge = f"cidsp{secrets.token_hex(4)}"  # an interface name: at most 15 characters
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True, timeout=30)
+    try:
+        proc = start_process(
+            [
+                "dockerd",
+                "--host",
+                host,
+                "--data-root",
+                str(root / "data"),
+                "--exec-root",
+                str(root / "exec"),
+                "--pidfile",
+                str(root / "docker.pid"),
+                "--bridge",
+                bridge,
+                "--iptables=false",
+                "--ip-masq=false",
+                *extra,
+            ],
+            log,
+        )
+    except BaseException:
+        subprocess.run(["ip", "link", "del", bridge], check=False, timeout=30)
+        raise
     client: docker.DockerClient | None = None
     try:
         deadline = time.monotonic() + 60
@@ -183,4 +192,5 @@ def spare_dockerd(
             for c in client.containers.list(all=True):
                 c.remove(force=True, v=True)
         stop_process(proc)
+        subprocess.run(["ip", "link", "del", bridge], check=False, timeout=30)
         shutil.rmtree(root, ignore_errors=True)

@@ -21,10 +21,11 @@ def tags(engine: docker.DockerClient) -> dict[str, str]:
 
 
 def start(engine: docker.DockerClient, image: str, env: dict[str, str]) -> tuple[int, str]:
-    container = engine.containers.run(
-        image, environment=env, detach=True, labels={"io.cidemo.test": "entrypoints"}
+    container = engine.containers.create(
+        image, environment=env, labels={"io.cidemo.test": "entrypoints"}
     )
-    try:
+    try:  # created, so removed even when it cannot start
+        container.start()
         code = container.wait(timeout=60)["StatusCode"]
         return code, container.logs().decode()
     finally:

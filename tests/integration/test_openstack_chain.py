@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,14 @@ class Chain:
     state: StateDir
     engine: docker.DockerClient
     work: Path
+    had_docker0: bool  # the machine's dockerd bridge, before the spare engine started
+
+
+def link_exists(name: str) -> bool:
+    return (
+        subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode
+        == 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +129,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         work / "etcd.log",
     )
     url = f"tcp://127.0.0.1:{DOCKER_TLS_PORT}"
+    had_docker0 = link_exists("docker0")
     try:
         with spare_dockerd(
             root,
@@ -133,7 +143,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
             "--tlskey",
             str(tls / "nodes/standalone-1/server-key.pem"),
         ) as engine:
-            yield Chain(site_path, state, engine, work)
+            yield Chain(site_path, state, engine, work, had_docker0)
     finally:
         stop_process(etcd)
 
@@ -213,3 +223,11 @@ def test_outputs_to_inventory_to_placement_over_tls(
     )
     assert again.rc == 0, again.err
     assert json.loads(again.out)["actions"] == []
+
+
+def test_the_spare_engine_leaves_the_machines_docker0(chain: Chain) -> None:
+    """A dockerd started with `--bridge none` deletes docker0, which the machine's own dockerd
+    still uses (its default-bridge containers then cannot start until it restarts)."""
+    if not chain.had_docker0:
+        pytest.skip("this machine's dockerd has no docker0")
+    assert link_exists("docker0")

@@ -114,7 +114,7 @@ def second_engine(engine) -> Iterator[tuple[str, docker.DockerClient]]:
         client.ping()
         return client
 
-    with spare_dockerd(root, url, connect, "--ip-masq=false") as client:
+    with spare_dockerd(root, url, connect) as client:
         yield url, client
 
 
