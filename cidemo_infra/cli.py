@@ -6,7 +6,7 @@ import json
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 
@@ -18,6 +18,7 @@ from cidemo_infra.options import (
     dry_run_option,
     is_yes,
     json_option,
+    load_site_and_state,
     lock_option,
     site_option,
     state_option,
@@ -25,7 +26,6 @@ from cidemo_infra.options import (
 )
 from cidemo_infra.site import load_site
 from cidemo_infra.site.schema import site_json_schema
-from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.commands import webhook
 
 
@@ -36,11 +36,6 @@ class Context:
 
 
 lock_site = lock_option("site")
-
-
-def _load(site_path: str, state_dir: str | None) -> tuple[Any, StateDir]:
-    site = load_site(site_path)
-    return site, StateDir.resolve(site.name, state_dir)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,7 +68,7 @@ def schema() -> None:
 @click.pass_obj
 def render(obj: Context, site_path: str, state_dir: str | None) -> None:
     """Render Terraform inputs and each node's cloud-config into the state directory."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     for path in lifecycle.render(site, state, site_path):
         obj.reporter.line(str(path))
 
@@ -90,7 +85,7 @@ def plan(
     obj: Context, site_path: str, state_dir: str | None, as_json: bool, services_only: bool
 ) -> None:
     """Show what provision would change; exit 3 when there are changes, 0 when none."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     result = lifecycle.plan(site, state, site_path, obj.reporter, services_only=services_only)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
@@ -111,7 +106,7 @@ def provision(
     obj: Context, site_path: str, state_dir: str | None, dry_run: bool, yes: bool, lock_wait: float
 ) -> None:
     """Create or converge the site: infrastructure, services, then the smoke checks."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     lifecycle.provision(
         site, state, site_path, obj.reporter, dry_run=dry_run, yes=is_yes(yes), lock_wait=lock_wait
     )
@@ -137,7 +132,7 @@ def destroy(
     sweep: bool,
 ) -> None:
     """Remove exactly what carries the site's label (volumes only with --purge)."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     lifecycle.destroy(
         site,
         state,
@@ -158,7 +153,7 @@ def destroy(
 @click.pass_obj
 def status(obj: Context, site_path: str, state_dir: str | None, as_json: bool) -> None:
     """List the site's nodes and containers as they are now."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     rows = lifecycle.status(site, state)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -174,7 +169,7 @@ def status(obj: Context, site_path: str, state_dir: str | None, as_json: bool) -
 @click.pass_obj
 def smoke(obj: Context, site_path: str, state_dir: str | None, as_json: bool) -> None:
     """Check that every service registered and is healthy; exit 1 on any failure."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     report = lifecycle.smoke(site, state, obj.reporter)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
@@ -194,7 +189,7 @@ def recover(
     obj: Context, site_path: str, state_dir: str | None, yes: bool, lock_wait: float
 ) -> None:
     """After a crash of every member: bootstrap from the most advanced one, rejoin the others."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     lifecycle.recover(site, state, obj.reporter, yes=is_yes(yes), lock_wait=lock_wait)
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from cidemo_infra.site import Site
+    from cidemo_infra.state import StateDir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,3 +48,12 @@ def lock_option(what: str) -> Callable[[F], F]:
 def is_yes(yes: bool) -> bool:
     """`--yes`, or CIDEMO_YES=1 for scripts and CI."""
     return yes or os.environ.get("CIDEMO_YES", "") in ("1", "true", "yes")
+
+
+def load_site_and_state(site_path: str, state_dir: str | None) -> tuple[Site, StateDir]:
+    """The site file `--site` names and its state directory (`--state-dir`, or the default)."""
+    from cidemo_infra.site import load_site
+    from cidemo_infra.state import StateDir
+
+    site = load_site(site_path)
+    return site, StateDir.resolve(site.name, state_dir)

@@ -23,12 +23,13 @@ from cidemo_infra.options import (
     dry_run_option,
     is_yes,
     json_option,
+    load_site_and_state,
     lock_option,
     site_option,
     state_option,
     yes_option,
 )
-from cidemo_infra.site import Site, load_site
+from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 
 lock_env = lock_option("environment")
@@ -41,11 +42,6 @@ def _reporter() -> Reporter:
     root = click.get_current_context().find_root().obj
     reporter = getattr(root, "reporter", None)
     return reporter if isinstance(reporter, Reporter) else Reporter()
-
-
-def _load(site_path: str, state_dir: str | None) -> tuple[Site, StateDir]:
-    site = load_site(site_path)
-    return site, StateDir.resolve(site.name, state_dir)
 
 
 def _chosen(site: Site, pr: int | None, staging: bool, production: bool) -> Environment:
@@ -86,7 +82,7 @@ def up(
     lock_wait: float,
 ) -> None:
     """Create or update an environment; prints its URL."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     target = _chosen(site, pr, staging, production)
     names.validate_ref(ref)
     chosen = names.validate_image(image) if image else None
@@ -120,7 +116,7 @@ def down(
     lock_wait: float,
 ) -> None:
     """Remove an environment: its app, its database and the database's user."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     target = _chosen(site, pr, staging, production)
     database = operations.database_of(target)
     what = f"{target.name} (app, database {database} and its user)"
@@ -140,7 +136,7 @@ def down(
 @json_option
 def list_(site_path: str, state_dir: str | None, as_json: bool) -> None:
     """List the environments: name, kind, image, URL, database, last update."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     reporter = _reporter()
     with operations.open_envs(site, state, reporter) as ctx:
         rows = operations.list_envs(ctx)
@@ -158,7 +154,7 @@ def list_(site_path: str, state_dir: str | None, as_json: bool) -> None:
 @lock_env
 def promote(site_path: str, state_dir: str | None, dry_run: bool, lock_wait: float) -> None:
     """Run in production exactly the image staging runs."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     with operations.open_envs(site, state, _reporter(), lock_wait) as ctx:
         if dry_run:
             stage = names.staging(ctx.app)
@@ -187,7 +183,7 @@ def gc(
     site_path: str, state_dir: str | None, repo: str, dry_run: bool, yes: bool, lock_wait: float
 ) -> None:
     """Remove previews whose pull request is closed or that are idle past preview_ttl_hours."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     reporter = _reporter()
     with operations.open_envs(site, state, reporter, lock_wait) as ctx:
         github = PullRequests.from_env()
@@ -230,7 +226,7 @@ def refresh_staging(
     lock_wait: float,
 ) -> None:
     """Back up production's database and restore it into staging's (replacing its data)."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     app = site.environments.app
     source = operations.database_of(names.production(app))
     target = operations.database_of(names.staging(app))
@@ -259,7 +255,7 @@ def refresh_staging(
 @json_option
 def backups(site_path: str, state_dir: str | None, as_json: bool) -> None:
     """List the complete backups in the site's store (directory or container), newest first."""
-    site, state = _load(site_path, state_dir)
+    site, state = load_site_and_state(site_path, state_dir)
     found = operations.backup_store(site, state).backups()
     if as_json:
         click.echo(json.dumps([{"name": b.name, "where": b.where} for b in found], indent=2))

@@ -18,8 +18,7 @@ from typing import Any
 
 import click
 
-from cidemo_infra.options import site_option, state_option
-from cidemo_infra.site import load_site
+from cidemo_infra.options import load_site_and_state, site_option, state_option
 from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.events import DeliverySettings
 from cidemo_infra.webhook.executor import make_executor
@@ -114,8 +113,8 @@ def serve(
 ) -> None:
     """Serve POST /github until SIGTERM or SIGINT, then drain the queue."""
     host, port = parse_listen(listen)
-    site = load_site(site_path)
-    state = StateDir.resolve(site.name, state_dir).ensure()
+    site, state = load_site_and_state(site_path, state_dir)
+    state.ensure()
     secret = webhook_secret(state)
     try:
         statuses = CommitStatusClient.from_env()
