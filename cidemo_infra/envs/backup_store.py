@@ -1,11 +1,13 @@
 """Where backups live: a directory, or a container of OpenStack object storage (Swift).
 
-A backup is made and verified in a local directory first (`backup.backup_database`); a store keeps
-it and gives it back for a restore. Names are `<database>-<UTC timestamp>` (`backup.BACKUP_NAME`).
+A backup is made in a local directory first (`backup.backup_database`, into the store's
+`scratch()`); `keep` verifies it completely and keeps it, and `fetch` gives it back for a
+restore. Names are `<database>-<UTC timestamp>` (`backup.BACKUP_NAME`).
 
 - `DirectoryStore(path)`: the backup directories themselves, under `path`.
-- `SwiftStore(conn, container, site)`: objects `<site>/<name>/<file>` in `container` (created when
-  missing). The table files go up first and `manifest.json` last, so a backup whose upload broke
+- `SwiftStore(conn, container, site, scratch)`: objects `<site>/<name>/<file>` in `container`
+  (created when missing); the local copy in `scratch` is removed once kept, or when keeping
+  fails. The table files go up first and `manifest.json` last, so a backup whose upload broke
   off has no manifest and is not listed; each upload is checked against the server's size and MD5
   (ETag). Fetching downloads a backup into a scratch directory, where `backup.verify_backup`
   checks it completely before anything is restored from it.
@@ -48,6 +50,8 @@ class BackupStore(Protocol):
 
     def scratch(self) -> Path: ...
 
+    def where(self, name: str) -> str: ...
+
     def keep(self, local: Path) -> StoredBackup: ...
 
     def backups(self, database: str | None = None) -> list[StoredBackup]: ...
@@ -81,10 +85,15 @@ class DirectoryStore:
     def scratch(self) -> Path:
         return self.path
 
+    def where(self, name: str) -> str:
+        return str(self.path / name)
+
     def keep(self, local: Path) -> StoredBackup:
+        """A backup made in this directory, verified; it stays where it is."""
         if local.parent != self.path:
             raise BackupError(f"{local}: not in the backup directory {self.path}")
-        return StoredBackup(local.name, str(local))
+        backup.verify_backup(local)
+        return StoredBackup(local.name, self.where(local.name))
 
     def backups(self, database: str | None = None) -> list[StoredBackup]:
         if not self.path.is_dir():
@@ -96,7 +105,7 @@ class DirectoryStore:
         ]
         if database is not None:
             found = [n for n in found if n.rsplit("-", 1)[0] == database]
-        return [StoredBackup(n, str(self.path / n)) for n in _newest_first(found)]
+        return [StoredBackup(n, self.where(n)) for n in _newest_first(found)]
 
     @contextlib.contextmanager
     def fetch(self, name: str) -> Iterator[Path]:
@@ -129,8 +138,19 @@ class SwiftStore:
     def scratch(self) -> Path:
         return self._scratch
 
+    def where(self, name: str) -> str:
+        return self._url(self._key(name))
+
     def keep(self, local: Path) -> StoredBackup:
-        """Upload a verified local backup: table files, then the manifest; each one checked."""
+        """Verify a local backup and upload it: table files, then the manifest, each checked. The
+        local copy is scratch: it is removed afterwards, also when verifying or uploading fails."""
+        try:
+            backup.verify_backup(local)
+            return self._upload(local)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
+    def _upload(self, local: Path) -> StoredBackup:
         name = check_name(local.name)
         files = sorted(p for p in local.iterdir() if p.name != backup.MANIFEST)
         files.append(local / backup.MANIFEST)
@@ -152,16 +172,13 @@ class SwiftStore:
                 with contextlib.suppress(Exception):
                     self.conn.object_store.delete_object(key, container=self.container)
             raise
-        return StoredBackup(name, f"swift://{self.container}/{self._key(name)}")
+        return StoredBackup(name, self.where(name))
 
     def backups(self, database: str | None = None) -> list[StoredBackup]:
         names = [n for n, files in self._inventory().items() if backup.MANIFEST in files]
         if database is not None:
             names = [n for n in names if n.rsplit("-", 1)[0] == database]
-        return [
-            StoredBackup(n, f"swift://{self.container}/{self._key(n)}")
-            for n in _newest_first(names)
-        ]
+        return [StoredBackup(n, self.where(n)) for n in _newest_first(names)]
 
     @contextlib.contextmanager
     def fetch(self, name: str) -> Iterator[Path]:
@@ -169,14 +186,10 @@ class SwiftStore:
         check_name(name)
         objects = self._objects(self._key(name) + SEPARATOR)
         if backup.MANIFEST not in objects:
-            raise BackupError(
-                f"swift://{self.container}/{self._key(name)}: no such complete backup"
-            )
+            raise BackupError(f"{self.where(name)}: no such complete backup")
         odd = [f for f in objects if SEPARATOR in f or f.startswith(".")]
         if odd:
-            raise BackupError(
-                f"swift://{self.container}/{self._key(name, odd[0])}: not a file of a backup"
-            )
+            raise BackupError(f"{self._url(self._key(name, odd[0]))}: not a file of a backup")
         self._scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         work = Path(tempfile.mkdtemp(prefix=f".fetch-{name}.", dir=self._scratch))
         try:
@@ -193,8 +206,7 @@ class SwiftStore:
             try:
                 yield local
             except BackupError as exc:  # name the stored objects, not the scratch copy
-                where = f"swift://{self.container}/{self._key(name)}"
-                raise BackupError(str(exc).replace(str(local), where)) from None
+                raise BackupError(str(exc).replace(str(local), self.where(name))) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -218,6 +230,9 @@ class SwiftStore:
                         self._key(name, file), container=self.container, ignore_missing=True
                     )
         return doomed
+
+    def _url(self, key: str) -> str:
+        return f"swift://{self.container}/{key}"
 
     def _key(self, name: str, file: str | None = None) -> str:
         return SEPARATOR.join([self.site, name] + ([file] if file else []))
@@ -260,9 +275,7 @@ class SwiftStore:
         size = file.stat().st_size
         stored = int(meta.content_length or 0)
         if stored != size:
-            raise BackupError(
-                f"swift://{self.container}/{key}: stored {stored} bytes, the file has {size}"
-            )
+            raise BackupError(f"{self._url(key)}: stored {stored} bytes, the file has {size}")
         if meta.is_static_large_object:
             return  # a large object's ETag is over its segments; the manifest checks the data
         digest = hashlib.md5(usedforsecurity=False)
@@ -270,7 +283,7 @@ class SwiftStore:
             while chunk := fh.read(CHUNK):
                 digest.update(chunk)
         if (meta.etag or "").strip('"') != digest.hexdigest():
-            raise BackupError(f"swift://{self.container}/{key}: stored MD5 differs from the file's")
+            raise BackupError(f"{self._url(key)}: stored MD5 differs from the file's")
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:

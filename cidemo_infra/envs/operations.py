@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 from cidemo_infra.console import Reporter
 from cidemo_infra.envs import backup, database, names, records
-from cidemo_infra.envs.backup_store import BackupStore, DirectoryStore, check_name, store_for
+from cidemo_infra.envs.backup_store import BackupStore, check_name, store_for
 from cidemo_infra.envs.github import PullRequests
 from cidemo_infra.envs.locks import env_lock, previews_lock
 from cidemo_infra.envs.names import Environment
@@ -346,13 +345,12 @@ def refresh_staging(ctx: EnvContext, from_backup: str | None = None) -> Refreshe
         pruned: list[str] = []
         if from_backup is None:
             pruned = store.prune(source, ctx.site.environments.backup_keep)
-    where = next((b.where for b in store.backups() if b.name == name), store.describe())
     rows = sum(t.rows for t in manifest.tables)
-    return Refreshed(name, where, len(manifest.tables), rows, tuple(pruned))
+    return Refreshed(name, store.where(name), len(manifest.tables), rows, tuple(pruned))
 
 
 def _back_up(ctx: EnvContext, conn: Any, store: BackupStore, source: str) -> str:
-    """A verified backup of `source`, kept in `store`; its name."""
+    """A backup of `source`, verified and kept in `store`; its name."""
     if not database.database_exists(conn, source):
         raise UsageError(
             f"production database {source} does not exist; deploy production first "
@@ -360,14 +358,8 @@ def _back_up(ctx: EnvContext, conn: Any, store: BackupStore, source: str) -> str
         )
     ctx.reporter.step(f"backing up {source}")
     local = backup.backup_database(conn, source, store.scratch())
-    try:
-        backup.verify_backup(local)
-        ctx.reporter.step(f"storing {local.name} in {store.describe()}")
-        store.keep(local)
-    finally:
-        if not isinstance(store, DirectoryStore):
-            shutil.rmtree(local, ignore_errors=True)
-    return local.name
+    ctx.reporter.step(f"verifying {local.name} and keeping it in {store.describe()}")
+    return store.keep(local).name
 
 
 @dataclass(frozen=True)

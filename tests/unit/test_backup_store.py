@@ -5,6 +5,7 @@ tests/integration/test_environments.py (refresh-staging through a container)."""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -25,6 +26,15 @@ def fake_backup(root: Path, name: str, complete: bool = True) -> Path:
     (path / "posts.jsonl.gz").write_bytes(b"rows")
     if complete:
         (path / backup.MANIFEST).write_text("{}")
+    return path
+
+
+def valid_backup(root: Path, name: str) -> Path:
+    """A backup that passes verify_backup: the manifest of a database without tables."""
+    path = root / name
+    path.mkdir(parents=True)
+    manifest = {"database": name.rsplit("-", 1)[0], "created": "x", "tables": [], "format": 1}
+    (path / backup.MANIFEST).write_text(json.dumps(manifest))
     return path
 
 
@@ -91,9 +101,9 @@ def test_a_name_the_tool_never_makes_is_refused(name: str, tmp_path: Path) -> No
 
 def test_keep_accepts_only_a_backup_made_in_the_store(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path / "store")
-    inside = fake_backup(tmp_path / "store", "guestbook-20261101T000000Z")
+    inside = valid_backup(tmp_path / "store", "guestbook-20261101T000000Z")
     assert store.keep(inside).where == str(inside)
-    elsewhere = fake_backup(tmp_path / "elsewhere", "guestbook-20261101T000000Z")
+    elsewhere = valid_backup(tmp_path / "elsewhere", "guestbook-20261101T000000Z")
     with pytest.raises(BackupError, match="not in the backup directory"):
         store.keep(elsewhere)
 
