@@ -40,7 +40,6 @@ from cidemo_infra.placement.specs import PROXY_RW_PORT
 
 SIZES_MB = (10, 100)
 TARGET_MB, TARGET_FASTER = 100, 5  # the issue's target: at 100 MB, 5x faster than the dump
-SUMMARY: list[str] = []  # one line per size, printed under the table
 REPEATS = 3  # the engine is shared: the best of three is the least disturbed
 BATCH_ROWS = 200
 PREFIX = "bench_clone_"
@@ -72,14 +71,15 @@ POSTS = """CREATE TABLE {db}.posts (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
 
 
-def run(rw: tuple[str, int], password: str) -> list[list[str]]:
+def run(rw: tuple[str, int], password: str) -> tuple[list[list[str]], list[str]]:
     """Rows `[measurement, cidemo, baseline, ratio]` (ratio = cidemo / baseline, as in bench.py)
     per size: against `mysqldump | mysql` through the proxy and inside the member, and against the
-    floor of any server-side copy (one `INSERT ... SELECT` of the whole table). Every database and
-    container it made is removed again."""
+    floor of any server-side copy (one `INSERT ... SELECT` of the whole table); and one summary
+    line per size ("N x faster"). Every database and container it made is removed again."""
     conn = connect(rw[0], rw[1], "root", password)
     client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
     rows: list[list[str]] = []
+    summary: list[str] = []
     try:
         member, others = _members(conn, client)
         with (
@@ -116,7 +116,7 @@ def run(rw: tuple[str, int], password: str) -> list[list[str]]:
                 )
                 for what, baseline, seconds in baselines:
                     rows.append([what, f"{clone:.2f} s", baseline, f"{clone / seconds:.2f}x"])
-                SUMMARY.append(
+                summary.append(
                     f"clone {mb} MB: {best['proxy'] / clone:.1f}x faster than mysqldump | mysql "
                     f"via the proxy, {best['member'] / clone:.1f}x than in the member"
                     + (f" (target at {TARGET_MB} MB: {TARGET_FASTER}x)" if mb == TARGET_MB else "")
@@ -128,7 +128,7 @@ def run(rw: tuple[str, int], password: str) -> list[list[str]]:
             _drop(conn, name)
         conn.close()
         client.close()
-    return rows
+    return rows, summary
 
 
 def _measure(
