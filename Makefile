@@ -8,13 +8,13 @@ CIDEMO := $(BIN)/cidemo
 SITE ?= infra/sites/local.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help venv host provision destroy smoke render plan status recover images base-image \
+.PHONY: help venv host terraform-tools provision destroy smoke render plan status recover images base-image \
         test test-unit test-integration lint bench clean \
         env-up env-down env-list env-promote env-gc env-refresh-staging env-backups
 
 help:
 	@echo "make provision | destroy | smoke | render | plan | status | recover | images | base-image"
-	@echo "make test | lint | bench          (SITE=$(SITE))"
+	@echo "make test | lint | bench | terraform-tools          (SITE=$(SITE))"
 	@echo "make env-up PR=<n>|ENV=staging|ENV=production REF=<sha> [IMAGE=<image>] [FORK=1]"
 	@echo "make env-down PR=<n> | env-list | env-promote | env-gc | env-refresh-staging [FROM=<backup>] | env-backups"
 
@@ -29,11 +29,20 @@ venv: $(BIN)/.installed
 host:
 	@bash scripts/ensure-host.sh
 
+# The OpenStack provider from its Go module in a filesystem mirror, terraform/tofu where missing, and
+# the CLI configuration for them; stdout is only `TF_BINARY=...` and `TF_CLI_CONFIG_FILE=...`.
+terraform-tools:
+	@bash scripts/terraform-tools.sh
+
+# For an openstack SITE: a terraform binary (built if missing) and the mirror where it is built
+# (TF_MIRROR=1 builds it); nothing for a local site. Operators who reach the registry use it as before.
+site_tf = tf_env=$$(bash scripts/terraform-tools.sh --site $(SITE)) && env $$tf_env
+
 provision: venv host
-	$(CIDEMO) provision --site $(SITE)
+	$(site_tf) $(CIDEMO) provision --site $(SITE)
 
 destroy: venv host
-	$(CIDEMO) destroy --site $(SITE)
+	$(site_tf) $(CIDEMO) destroy --site $(SITE)
 
 smoke: venv host
 	$(CIDEMO) smoke --site $(SITE)
@@ -42,7 +51,7 @@ render: venv
 	$(CIDEMO) render --site $(SITE)
 
 plan: venv host
-	$(CIDEMO) plan --site $(SITE)
+	$(site_tf) $(CIDEMO) plan --site $(SITE)
 
 status: venv host
 	$(CIDEMO) status --site $(SITE)
@@ -85,20 +94,23 @@ env-refresh-staging: venv host
 env-backups: venv host
 	$(CIDEMO) env backups --site $(SITE)
 
-test: venv host
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+with_tf = tf_env=$$(bash scripts/terraform-tools.sh) && env $$tf_env
 
-test-unit: venv
-	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+test: venv host terraform-tools
+	$(with_tf) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-integration: venv host
-	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+test-unit: venv terraform-tools
+	$(with_tf) $(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: venv host terraform-tools
+	$(with_tf) $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check cidemo_infra tests
 	$(BIN)/ruff format --check cidemo_infra tests
 	$(BIN)/mypy
-	terraform fmt -check -recursive terraform/
+	tf_env=$$(bash scripts/terraform-tools.sh --binary) && env $$tf_env \
+	  sh -c '"$${TF_BINARY:-terraform}" fmt -check -recursive terraform/'
 
 bench: venv host
 	$(BIN)/python -m cidemo_infra.bench
