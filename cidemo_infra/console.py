@@ -39,6 +39,11 @@ class Reporter:
         if not self.quiet:
             self.err.print(f"==> {message}", markup=False)
 
+    def detail(self, message: str) -> None:
+        """One line of a running step's own progress (terraform's events), on stderr."""
+        if not self.quiet:
+            self.err.print(f"    {message}", markup=False)
+
     @contextmanager
     def progress(self, message: str) -> Iterator[None]:
         """A spinner on a terminal; one line otherwise."""

@@ -171,6 +171,12 @@ class Timeouts(_Strict):
     docker: int = Field(300, ge=5, description="seconds for a node's Docker engine to answer")
     etcd: int = Field(300, ge=5, description="seconds for etcd to answer")
     health: int = Field(300, ge=5, description="seconds for a placed service to become healthy")
+    terraform: int = Field(
+        3600,
+        ge=10,
+        description="seconds one terraform command (plan, apply, destroy) may run before it is "
+        "interrupted",
+    )
 
 
 def _default_roles() -> dict[Role, RoleSpec]:

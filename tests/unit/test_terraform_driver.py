@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from python_terraform import IsFlagged
 
-from cidemo_infra.errors import TerraformError, UsageError
+from cidemo_infra.errors import TerraformError, TerraformTimeout, UsageError
 from cidemo_infra.terraform import TerraformDriver, terraform_binary
 from cidemo_infra.terraform.driver import _Terraform
 from tests.conftest import REPO, need
@@ -18,9 +18,16 @@ pytestmark = pytest.mark.unit
 FIXTURES = REPO / "tests" / "data" / "terraform"
 
 
+def need_terraform() -> None:
+    try:
+        terraform_binary()
+    except UsageError as exc:
+        need(False, f"terraform or tofu ({exc}; make terraform-tools provides one)")
+
+
 @pytest.fixture
 def module(tmp_path: Path) -> Path:
-    need(shutil.which("terraform") is not None, "the terraform binary on PATH")
+    need_terraform()
     work = tmp_path / "basic"
     shutil.copytree(FIXTURES / "basic", work)
     (work / "in.tfvars.json").write_text(
@@ -69,7 +76,7 @@ def test_changed_input_is_planned_as_update(module: Path) -> None:
 
 
 def test_broken_module_raises_terraform_error_with_command_code_and_message(tmp_path: Path) -> None:
-    need(shutil.which("terraform") is not None, "the terraform binary on PATH")
+    need_terraform()
     work = tmp_path / "broken"
     shutil.copytree(FIXTURES / "broken", work)
     driver = TerraformDriver(work)
@@ -100,12 +107,57 @@ def test_python_terraform_breakages_are_handled_in_the_command_line(module: Path
     assert str(module) not in plan[3:]
 
 
-def test_automation_environment_is_set(module: Path) -> None:
-    import os
+def slow_module(tmp_path: Path, seconds: int) -> Path:
+    need_terraform()
+    work = tmp_path / "slow"
+    shutil.copytree(FIXTURES / "slow", work)
+    (work / "in.tfvars.json").write_text(json.dumps({"seconds": seconds}))
+    return work
 
-    TerraformDriver(module)
-    assert os.environ["TF_IN_AUTOMATION"] == "1"
-    assert os.environ["TF_INPUT"] == "0"
+
+def test_apply_progress_is_streamed_while_terraform_runs(tmp_path: Path) -> None:
+    work = slow_module(tmp_path, 2)
+    seen: list[tuple[str, bool]] = []
+    driver = TerraformDriver(work, progress=lambda line: seen.append((line, driver.is_running)))
+    driver.init()
+    driver.plan(work / "in.tfvars.json")
+    driver.apply_plan()
+    assert ("terraform_data.slow: Creating...", True) in seen
+    assert any(line.startswith("terraform_data.slow: Creation complete") for line, _ in seen)
+    assert seen[-1][0].startswith("Apply complete! Resources: 1 added")
+    assert driver.last_apply_started() is not None
+    assert not driver.is_running
+
+
+def test_a_hung_apply_is_stopped_at_the_timeout_with_one_clear_line(tmp_path: Path) -> None:
+    work = slow_module(tmp_path, 300)
+    driver = TerraformDriver(work, timeout=5)
+    driver.init()
+    driver.plan(work / "in.tfvars.json")
+    with pytest.raises(TerraformTimeout) as err:
+        driver.apply_plan()
+    assert str(err.value).startswith(
+        "terraform apply did not finish within 5 s (timeouts.terraform) and was stopped; "
+    )
+    assert "run provision again to converge" in str(err.value)
+    assert not driver.is_running
+    # interrupted, not killed: terraform wrote its state, and it can be planned again
+    assert not (work / ".terraform.tfstate.lock.info").exists()
+    assert driver.plan(work / "in.tfvars.json").has_changes
+
+
+def test_terraform_runs_without_questions_and_without_the_update_check(tmp_path: Path) -> None:
+    work = slow_module(tmp_path, 0)
+    driver = TerraformDriver(work)
+    driver.init()
+    driver.plan(work / "in.tfvars.json")
+    driver.apply_plan()
+    env = dict(
+        line.split("=", 1) for line in (work / "env.txt").read_text().splitlines() if "=" in line
+    )
+    assert env["TF_IN_AUTOMATION"] == "1"
+    assert env["TF_INPUT"] == "0"
+    assert env["CHECKPOINT_DISABLE"] == "1"
 
 
 @pytest.mark.parametrize("name", ["terragrunt", "/usr/bin/pulumi"])
