@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
 from cidemo_infra.errors import SiteError
 from cidemo_infra.site import Site
 
@@ -36,6 +39,12 @@ def read_public_key(site: Site, source: str) -> str:
                 "'ssh-ed25519 AAAA... comment')"
             ],
         )
+    try:  # nova refuses a key it cannot parse (HTTP 400 "failed to generate fingerprint")
+        serialization.load_ssh_public_key(" ".join(key.split()[:2]).encode())
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise SiteError(
+            source, [f"{where}: the key does not parse as an OpenSSH public key ({exc})"]
+        ) from None
     return key
 
 
