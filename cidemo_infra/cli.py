@@ -36,6 +36,11 @@ class Context:
 
 
 lock_site = lock_option("site")
+infrastructure_only_option = click.option(
+    "--infrastructure-only",
+    is_flag=True,
+    help="openstack: create or converge the cloud resources and write the inventory; place nothing",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,13 +85,26 @@ def render(obj: Context, site_path: str, state_dir: str | None) -> None:
 @click.option(
     "--services-only", is_flag=True, help="openstack: plan the containers only, not Terraform"
 )
+@infrastructure_only_option
 @click.pass_obj
 def plan(
-    obj: Context, site_path: str, state_dir: str | None, as_json: bool, services_only: bool
+    obj: Context,
+    site_path: str,
+    state_dir: str | None,
+    as_json: bool,
+    services_only: bool,
+    infrastructure_only: bool,
 ) -> None:
     """Show what provision would change; exit 3 when there are changes, 0 when none."""
     site, state = load_site_and_state(site_path, state_dir)
-    result = lifecycle.plan(site, state, site_path, obj.reporter, services_only=services_only)
+    result = lifecycle.plan(
+        site,
+        state,
+        site_path,
+        obj.reporter,
+        services_only=services_only,
+        infrastructure_only=infrastructure_only,
+    )
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:
@@ -101,14 +119,28 @@ def plan(
 @dry_run_option
 @yes_option
 @lock_site
+@infrastructure_only_option
 @click.pass_obj
 def provision(
-    obj: Context, site_path: str, state_dir: str | None, dry_run: bool, yes: bool, lock_wait: float
+    obj: Context,
+    site_path: str,
+    state_dir: str | None,
+    dry_run: bool,
+    yes: bool,
+    lock_wait: float,
+    infrastructure_only: bool,
 ) -> None:
     """Create or converge the site: infrastructure, services, then the smoke checks."""
     site, state = load_site_and_state(site_path, state_dir)
     lifecycle.provision(
-        site, state, site_path, obj.reporter, dry_run=dry_run, yes=is_yes(yes), lock_wait=lock_wait
+        site,
+        state,
+        site_path,
+        obj.reporter,
+        dry_run=dry_run,
+        yes=is_yes(yes),
+        lock_wait=lock_wait,
+        infrastructure_only=infrastructure_only,
     )
 
 

@@ -267,15 +267,21 @@ def open_session(
 
 
 def plan(
-    site: Site, state: StateDir, site_path: str, reporter: Reporter, services_only: bool = False
+    site: Site,
+    state: StateDir,
+    site_path: str,
+    reporter: Reporter,
+    services_only: bool = False,
+    infrastructure_only: bool = False,
 ) -> PlanResult:
     """Terraform's changes (openstack) and the containers' actions (once nodes exist)."""
+    _check_scope(site, services_only=services_only, infrastructure_only=infrastructure_only)
     result = PlanResult()
     if site.target == "openstack" and not services_only:
         from cidemo_infra.targets.openstack import plan_infrastructure
 
         result.infrastructure = plan_infrastructure(site, state, site_path, reporter)
-        if not state.inventory_file.exists():
+        if infrastructure_only or not state.inventory_file.exists():
             return result  # no nodes yet: every container is still to be created
     session = open_session(site, state, reporter, build=False)
     try:
@@ -283,6 +289,16 @@ def plan(
     finally:
         session.close()
     return result
+
+
+def _check_scope(site: Site, *, services_only: bool, infrastructure_only: bool) -> None:
+    if services_only and infrastructure_only:
+        raise UsageError("--services-only and --infrastructure-only exclude each other")
+    if infrastructure_only and site.target != "openstack":
+        raise UsageError(
+            f"--infrastructure-only: site '{site.name}' has target {site.target}, which has no "
+            "cloud infrastructure (only an openstack site has)"
+        )
 
 
 def provision(
@@ -294,13 +310,26 @@ def provision(
     dry_run: bool,
     yes: bool,
     lock_wait: float,
+    infrastructure_only: bool = False,
 ) -> None:
+    _check_scope(site, services_only=False, infrastructure_only=infrastructure_only)
     if site.target == "openstack":
         from cidemo_infra.targets.openstack import provision_infrastructure
 
         if not provision_infrastructure(site, state, site_path, reporter, dry_run=dry_run, yes=yes):
             return
+        if infrastructure_only:
+            _print_nodes(_inventory(site, state), reporter)
+            return
     place_services(site, state, reporter, dry_run=dry_run, lock_wait=lock_wait)
+
+
+def _print_nodes(inventory: Inventory, reporter: Reporter) -> None:
+    reporter.table(
+        ["node", "role", "private address", "public address", "docker"],
+        [[n.name, n.role, n.private_ip, n.public_ip or "-", n.docker_url] for n in inventory.nodes],
+    )
+    reporter.line("infrastructure only: no service was placed (run provision without the option)")
 
 
 def place_services(
@@ -524,7 +553,7 @@ def destroy(
                     reporter.line(f"removed {removed}")
             _remove_labelled(clients, doomed)
             if infrastructure is not None and infrastructure.has_changes:
-                target.destroy_infrastructure(site, state, reporter)
+                target.destroy_infrastructure(site, state, reporter, infrastructure)
             state.inventory_file.unlink(missing_ok=True)
             reporter.line(
                 f"destroyed site '{site.name}'"

@@ -29,17 +29,19 @@ if TYPE_CHECKING:
 KINDS: tuple[str, ...] = (
     "server",
     "floating_ip",
+    "router_interface",
     "port",
     "router",
     "subnet",
     "network",
+    "security_group_rule",
     "security_group",
     "server_group",
     "keypair",
     "volume",
 )
 TAG_PREFIX = "cidemo-site-"
-_ROUTER_OWNED = ("network:router_interface", "network:ha_router_replicated_interface")
+ROUTER_OWNED = ("network:router_interface", "network:ha_router_replicated_interface")
 
 
 @dataclass(frozen=True, order=True)
@@ -109,9 +111,7 @@ def _find(conn: Connection, site_name: str, key_name: str | None) -> list[Leak]:
 
     add("server", conn.compute.servers(details=True), lambda s: s.name)
     add("floating_ip", net.ips(project_id=project), lambda f: f.description)
-    ports = [
-        p for p in net.ports(project_id=project) if (p.device_owner or "") not in _ROUTER_OWNED
-    ]
+    ports = [p for p in net.ports(project_id=project) if (p.device_owner or "") not in ROUTER_OWNED]
     add("port", ports, lambda p: p.name)
     add("router", net.routers(project_id=project), lambda r: r.name)
     add("subnet", net.subnets(project_id=project), lambda s: s.name)
@@ -143,36 +143,46 @@ def sweep(
     leaks = find(conn, site_name, key_name)
     if not delete or not leaks:
         return leaks
-    deadline = time.monotonic() + timeout
-    failures: dict[Leak, str] = {}
-    by_kind = {kind: [leak for leak in leaks if leak.kind == kind] for kind in KINDS}
-
-    removers: dict[str, Callable[[Leak], object]] = {
-        "server": lambda leak: conn.compute.delete_server(leak.id),
-        "floating_ip": lambda leak: conn.network.delete_ip(leak.id),
-        "port": lambda leak: conn.network.delete_port(leak.id),
-        "router": lambda leak: _delete_router(conn, leak.id),
-        "subnet": lambda leak: conn.network.delete_subnet(leak.id),
-        "network": lambda leak: conn.network.delete_network(leak.id),
-        "security_group": lambda leak: conn.network.delete_security_group(leak.id),
-        "server_group": lambda leak: conn.compute.delete_server_group(leak.id),
-        "keypair": lambda leak: conn.compute.delete_keypair(leak.id),
-        "volume": lambda leak: conn.block_storage.delete_volume(leak.id),
-    }
-    with cloud_errors(conn, f"sweeping site '{site_name}'"):
-        for kind in KINDS:
-            for leak in by_kind[kind]:
-                _delete(leak, failures, deadline, removers[kind])
-            if kind == "floating_ip":
-                # the servers' ports stay bound, and their networks in use, until nova is done
-                _wait_servers_gone(conn, by_kind["server"], failures, deadline)
-
+    failures = delete_leaks(conn, leaks, site_name, timeout)
     remaining = set(find(conn, site_name, key_name))
     for leak in remaining & set(leaks):
         failures.setdefault(leak, "still present after the sweep")
     if failures:
         raise SweepError(site_name, sorted(failures.items()))
     return leaks
+
+
+def delete_leaks(
+    conn: Connection, leaks: Iterable[Leak], site_name: str, timeout: float = 180
+) -> dict[Leak, str]:
+    """Delete `leaks` in dependency order; returns what could not be deleted, and why."""
+    deadline = time.monotonic() + timeout
+    failures: dict[Leak, str] = {}
+    chosen = list(leaks)
+    by_kind = {kind: [leak for leak in chosen if leak.kind == kind] for kind in KINDS}
+
+    removers: dict[str, Callable[[Leak], object]] = {
+        "server": lambda leak: conn.compute.delete_server(leak.id),
+        "floating_ip": lambda leak: conn.network.delete_ip(leak.id),
+        "router_interface": lambda leak: _remove_router_interface(conn, leak.id),
+        "port": lambda leak: conn.network.delete_port(leak.id),
+        "router": lambda leak: _delete_router(conn, leak.id),
+        "subnet": lambda leak: conn.network.delete_subnet(leak.id),
+        "network": lambda leak: conn.network.delete_network(leak.id),
+        "security_group_rule": lambda leak: conn.network.delete_security_group_rule(leak.id),
+        "security_group": lambda leak: conn.network.delete_security_group(leak.id),
+        "server_group": lambda leak: conn.compute.delete_server_group(leak.id),
+        "keypair": lambda leak: conn.compute.delete_keypair(leak.id),
+        "volume": lambda leak: conn.block_storage.delete_volume(leak.id),
+    }
+    with cloud_errors(conn, f"deleting resources of site '{site_name}'"):
+        for kind in KINDS:
+            for leak in by_kind[kind]:
+                _delete(leak, failures, deadline, removers[kind])
+            if kind == "floating_ip":
+                # the servers' ports stay bound, and their networks in use, until nova is done
+                _wait_servers_gone(conn, by_kind["server"], failures, deadline)
+    return failures
 
 
 def _delete(
@@ -195,9 +205,14 @@ def _delete(
             return
 
 
+def _remove_router_interface(conn: Connection, port_id: str) -> None:
+    port = conn.network.get_port(port_id)
+    conn.network.remove_interface_from_router(port.device_id, port=port_id)
+
+
 def _delete_router(conn: Connection, router_id: str) -> None:
     for port in conn.network.ports(device_id=router_id):
-        if port.device_owner in _ROUTER_OWNED:
+        if port.device_owner in ROUTER_OWNED:
             with contextlib.suppress(sdk.NotFoundException):
                 conn.network.remove_interface_from_router(router_id, port=port.id)
     conn.network.delete_router(router_id, ignore_missing=False)

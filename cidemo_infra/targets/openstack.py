@@ -1,17 +1,21 @@
 """The OpenStack target: preflight, render, Terraform, waits, and the inventory from its outputs.
 
-Order of provision: preflight (nothing created on failure) -> render -> init -> plan (saved) ->
+Order of provision: render -> init -> orphans of an interrupted apply (found, shown) -> preflight
+(nothing created on failure) -> ask -> delete the orphans -> floating IPs first -> plan (saved) ->
 show -> ask -> apply that plan -> inventory from `terraform output -json` -> wait for every server
-ACTIVE. The service tier is then placed over each node's Docker endpoint (TLS or ssh).
+ACTIVE. The service tier is then placed over each node's Docker endpoint (TLS or ssh), unless the
+operator asked for the infrastructure only.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from cidemo_infra.cloud.connect import connect
+from cidemo_infra.cloud.orphans import Orphans, delete_orphans, find_orphans
 from cidemo_infra.cloud.preflight import check, terraform_keypairs
 from cidemo_infra.cloud.sweep import Leak, sweep
 from cidemo_infra.cloud.waits import wait_for_servers
@@ -35,29 +39,62 @@ FLOATING_IPS = "openstack_networking_floatingip_v2.node"
 
 def _driver(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> TerraformDriver:
     render_site(site, state, site_path)
-    driver = TerraformDriver(state.terraform_dir)
+    driver = site_driver(site, state, reporter)
     with reporter.progress("terraform init"):
         driver.init()
     return driver
 
 
-def _preflight(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> Any:
+def site_driver(site: Site, state: StateDir, reporter: Reporter) -> TerraformDriver:
+    """The site's Terraform, bounded by `timeouts.terraform`, its progress shown as it runs."""
+    return TerraformDriver(
+        state.terraform_dir, timeout=float(site.timeouts.terraform), progress=reporter.detail
+    )
+
+
+def _connect(site: Site) -> Any:
     assert site.cloud is not None  # the site model requires it for this target
-    conn = connect(site.cloud)
-    managed = terraform_keypairs(state.terraform_dir)
+    return connect(site.cloud)
+
+
+def _orphans(site: Site, conn: Any, driver: TerraformDriver, reporter: Reporter) -> Orphans:
+    with reporter.progress("looking for resources an interrupted apply left"):
+        return find_orphans(
+            conn,
+            site.name,
+            driver.tracked_ids(),
+            driver.last_apply_started(),
+            key_name=site.ssh.key_name,
+        )
+
+
+def _preflight(
+    site: Site, state: StateDir, site_path: str, reporter: Reporter, conn: Any, orphans: Orphans
+) -> None:
+    # an orphan keypair is deleted before the apply, so it does not stand in Terraform's way
+    managed = terraform_keypairs(state.terraform_dir) | {
+        leak.name for leak in orphans.deletable if leak.kind == "keypair"
+    }
     with reporter.progress(f"preflight against cloud '{site.cloud}'"):
         check(site, conn, read_public_key(site, site_path), managed)
-    return conn
+
+
+def _orphan_rows(orphans: Orphans) -> list[dict[str, str]]:
+    return [{"address": str(leak), "action": "delete (not in state)"} for leak in orphans.deletable]
 
 
 def plan_infrastructure(
     site: Site, state: StateDir, site_path: str, reporter: Reporter
 ) -> list[dict[str, str]]:
-    _preflight(site, state, site_path, reporter)
+    conn = _connect(site)
     driver = _driver(site, state, site_path, reporter)
+    orphans = _orphans(site, conn, driver, reporter)
+    if orphans.refused:
+        raise orphans.refusal(site.name)
+    _preflight(site, state, site_path, reporter, conn, orphans)
     with reporter.progress("terraform plan"):
         summary = driver.plan(state.terraform_dir / TFVARS_NAME)
-    return [{"address": a, "action": act} for a, act in summary.changes]
+    return _orphan_rows(orphans) + [{"address": a, "action": act} for a, act in summary.changes]
 
 
 def provision_infrastructure(
@@ -65,8 +102,19 @@ def provision_infrastructure(
 ) -> bool:
     """Plan, show, ask, apply, record the inventory, wait; False when nothing more should run."""
     with state.lock():
-        conn = _preflight(site, state, site_path, reporter)
+        conn = _connect(site)
         driver = _driver(site, state, site_path, reporter)
+        orphans = _orphans(site, conn, driver, reporter)
+        if orphans.refused:
+            raise orphans.refusal(site.name)
+        _preflight(site, state, site_path, reporter, conn, orphans)
+        if orphans.deletable:
+            _show_orphans(orphans, reporter)
+            if not dry_run:
+                if not yes and not click.confirm("Delete them?", default=False):
+                    raise click.exceptions.Abort
+                with reporter.progress(f"deleting {len(orphans.deletable)} orphaned resource(s)"):
+                    delete_orphans(conn, site.name, orphans)
         if site.docker.transport == "tls" and not dry_run:
             allocate_public_addresses(site, state, site_path, driver, reporter, yes=yes)
         with reporter.progress("terraform plan"):
@@ -85,6 +133,15 @@ def provision_infrastructure(
         with reporter.progress(f"waiting for {len(servers)} servers to be ACTIVE"):
             wait_for_servers(conn, servers, float(site.timeouts.server_active))
     return True
+
+
+def _show_orphans(orphans: Orphans, reporter: Reporter) -> None:
+    reporter.line(
+        f"{len(orphans.deletable)} resource(s) of the site are not in Terraform's state (left by "
+        "an interrupted apply); they are deleted before the plan, so nothing is created twice:"
+    )
+    for leak in orphans.deletable:
+        reporter.line(f"  delete   {leak}")
 
 
 def allocate_public_addresses(
@@ -155,25 +212,45 @@ def inventory_from_outputs(site: Site, outputs: dict[str, Any], state: StateDir)
     )
 
 
-def plan_destroy(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> PlanSummary:
+@dataclass(frozen=True)
+class DestroyPlan:
+    summary: PlanSummary
+    orphans: Orphans
+
+    @property
+    def has_changes(self) -> bool:
+        return self.summary.has_changes or bool(self.orphans.deletable)
+
+
+def plan_destroy(site: Site, state: StateDir, site_path: str, reporter: Reporter) -> DestroyPlan:
+    conn = _connect(site)
     driver = _driver(site, state, site_path, reporter)
+    orphans = _orphans(site, conn, driver, reporter)
     with reporter.progress("terraform plan -destroy"):
         summary = driver.plan(state.terraform_dir / TFVARS_NAME, destroy=True)
     _show(summary, reporter)
-    return summary
+    if orphans.deletable:
+        _show_orphans(orphans, reporter)
+    return DestroyPlan(summary, orphans)
 
 
-def destroy_infrastructure(site: Site, state: StateDir, reporter: Reporter) -> None:
-    driver = TerraformDriver(state.terraform_dir)
-    with reporter.progress("terraform destroy"):
-        driver.destroy(state.terraform_dir / TFVARS_NAME)
+def destroy_infrastructure(
+    site: Site, state: StateDir, reporter: Reporter, planned: DestroyPlan
+) -> None:
+    """The orphans of an interrupted apply, then everything Terraform's state holds."""
+    if planned.orphans.deletable:
+        with reporter.progress(f"deleting {len(planned.orphans.deletable)} orphaned resource(s)"):
+            delete_orphans(_connect(site), site.name, planned.orphans)
+    if planned.summary.has_changes:
+        driver = site_driver(site, state, reporter)
+        with reporter.progress("terraform destroy"):
+            driver.destroy(state.terraform_dir / TFVARS_NAME)
     (state.path / PUBLIC_ADDRESSES).unlink(missing_ok=True)
 
 
 def sweep_leaks(site: Site, reporter: Reporter, delete: bool) -> list[Leak]:
     """What carries the site's prefix or tag after Terraform: reported, or deleted with --sweep."""
-    assert site.cloud is not None
-    conn = connect(site.cloud)
+    conn = _connect(site)
     with reporter.progress("looking for resources Terraform did not remove"):
         leaks = sweep(conn, site.name, delete=delete, key_name=site.ssh.key_name)
     for leak in leaks:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -66,6 +67,20 @@ def conn(cloud_name: str) -> Connection:
         return connect(cloud_name)
     except CloudError as exc:
         missing(f"cloud '{cloud_name}' is not usable ({exc})")
+
+
+@pytest.fixture(scope="session")
+def external_subnet_stays_here(conn: Connection) -> str:
+    """The test cloud's floating IPs must not route off this machine: a probe of a node's engine
+    (destroy looks for services to remove) then fails here at once. openstack-up adds the route."""
+    external = conn.network.find_network(EXTERNAL_NETWORK, ignore_missing=False)
+    cidr = str(next(conn.network.subnets(network_id=external.id)).cidr)
+    routes = subprocess.run(
+        ["ip", "route", "show", cidr], capture_output=True, text=True, check=False
+    ).stdout
+    if not routes.strip():
+        missing(f"a local route for the test cloud's external subnet {cidr} (openstack-up adds it)")
+    return cidr
 
 
 @pytest.fixture(scope="session")
