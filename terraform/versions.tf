@@ -4,7 +4,7 @@ terraform {
   required_providers {
     openstack = {
       source  = "terraform-provider-openstack/openstack"
-      version = ">= 3.0"
+      version = ">= 3.0, < 4.0"
     }
   }
 }

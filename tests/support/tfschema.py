@@ -1,13 +1,16 @@
-"""Check a Terraform module against an offline provider schema (`terraform providers schema -json`).
+"""What `terraform validate` with the real provider does not say about a module, offline.
 
-Used where `terraform validate` cannot run because the provider cannot be downloaded.
+Validate (tests/integration/test_terraform_validate.py) checks every type, argument and block
+against the provider itself. This keeps only: resource and data source types removed in 3.0, named
+with their replacement (validate says only "not supported"), and the provider requirement, which
+must admit the provider built here and neither 2.x nor 4.x. The schema file is the provider's
+`terraform providers schema -json` with the removed types added (tests/data/PROVENANCE.md).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,12 +20,8 @@ from hcl2.utils import SerializationOptions
 
 PROVIDER_SOURCE = "terraform-provider-openstack/openstack"
 LAST_UNSUPPORTED_VERSION = "2.1.0"
-META_ARGUMENTS = frozenset({"count", "for_each", "depends_on", "provider", "lifecycle"})
-RESOURCE_META_ARGUMENTS = META_ARGUMENTS | frozenset({"provisioner", "connection"})
-KINDS = {
-    "resource": ("resource_schemas", "x_removed_resource_types", RESOURCE_META_ARGUMENTS),
-    "data": ("data_source_schemas", "x_removed_data_source_types", META_ARGUMENTS),
-}
+FIRST_UNTESTED_VERSION = "4.0.0"  # a major release may remove types: no 4.x by surprise
+KINDS = {"resource": "x_removed_resource_types", "data": "x_removed_data_source_types"}
 
 
 @dataclass(frozen=True)
@@ -57,21 +56,6 @@ def unquote(text: str) -> str:
     return text
 
 
-def is_literal(value: Any) -> bool:
-    return not (isinstance(value, str) and "${" in value)
-
-
-def blocks(value: Any) -> list[dict[str, Any]] | None:
-    """The bodies of a block written `key { ... }`, or None when `key = ...` is an attribute."""
-    if (
-        isinstance(value, list)
-        and value
-        and all(isinstance(item, dict) and item.get("__is_block__") for item in value)
-    ):
-        return value
-    return None
-
-
 def labelled(entries: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """`resource "t" "n" {}` parses as [{t: {n: body}}]; yield ("t.n", body) pairs."""
     found = []
@@ -90,127 +74,27 @@ def check_module(module_dir: Path, schema: dict[str, Any]) -> list[Finding]:
     findings: list[Finding] = []
     documents = {path.name: load_hcl(path) for path in sorted(Path(module_dir).glob("*.tf"))}
     for filename, document in documents.items():
-        for kind in KINDS:
-            for address, body in labelled(document.get(kind, [])):
-                findings += check_typed(
-                    schema, kind, address, body, f"{filename}: {kind} {address}"
-                )
-        for name, body in labelled(document.get("provider", [])):
-            where = f"{filename}: provider {name}"
-            if name == "openstack":
-                findings += check_body(
-                    body, schema["provider"]["block"], where, "", frozenset({"alias"})
-                )
-            else:
-                findings.append(
-                    Finding("warning", where, "not in the OpenStack schema; not checked")
+        for kind, removed_key in KINDS.items():
+            for address, _ in labelled(document.get(kind, [])):
+                findings += check_removed(
+                    schema, removed_key, address, f"{filename}: {kind} {address}"
                 )
     findings += check_required_providers(documents, schema)
     return findings
 
 
-def check_typed(
-    schema: dict[str, Any], kind: str, address: str, body: dict[str, Any], where: str
+def check_removed(
+    schema: dict[str, Any], removed_key: str, address: str, where: str
 ) -> list[Finding]:
-    schemas_key, removed_key, meta = KINDS[kind]
     type_name = address.split(".")[0]
     removed = schema.get(removed_key, {}).get(type_name)
-    if removed:
-        message = next((text for key, text in removed.items() if key.startswith("deprecation")), "")
-        replacement = next(iter(re.findall(r"openstack_\w+", message)), None)
-        advice = f"use {replacement} instead" if replacement else message
-        removed_in = removed.get("removed_in", "an earlier release")
-        return [Finding("error", where, f"{type_name} was removed in {removed_in}: {advice}")]
-    if type_name not in schema[schemas_key]:
-        if not type_name.startswith("openstack_"):
-            return [Finding("warning", where, "not an OpenStack type; not checked")]
-        return [Finding("error", where, f"unknown {kind} type {type_name}")]
-    block = schema[schemas_key][type_name]["block"]
-    findings = []
-    if block.get("deprecated"):
-        findings.append(Finding("warning", where, block.get("deprecation_message", "deprecated")))
-    return findings + check_body(body, block, where, "", meta)
-
-
-def check_body(
-    body: dict[str, Any], block: dict[str, Any], where: str, path: str, meta: frozenset[str]
-) -> list[Finding]:
-    attributes, block_types = block.get("attributes", {}), block.get("block_types", {})
-    findings: list[Finding] = []
-    occurrences: Counter[str] = Counter()
-    for key, value in body.items():
-        here = f"{where}: {path}{key}"
-        if key.startswith("__") or key in meta:
-            continue
-        if key == "dynamic" and isinstance(value, list):
-            for name, dynamic in labelled(value):
-                occurrences[name] += 1
-                findings += check_nested(
-                    name, dynamic.get("content", [{}]), block_types, where, path
-                )
-        elif key in attributes and blocks(value) is None:
-            findings += check_attribute(key, value, attributes[key], here)
-        elif key in block_types and blocks(value):
-            occurrences[key] += len(value)
-            findings += check_nested(key, value, block_types, where, path)
-        elif key in attributes or key in block_types:
-            shape = "an argument (key = value)" if key in attributes else "a block (key { ... })"
-            findings.append(Finding("error", here, f"{key} must be written as {shape}"))
-        else:
-            choices = ", ".join(sorted(set(attributes) | set(block_types)))
-            findings.append(
-                Finding("error", here, f"unknown argument or block {key}; valid: {choices}")
-            )
-    for name, attribute in attributes.items():
-        if attribute.get("required") and name not in body:
-            findings.append(Finding("error", f"{where}: {path}{name}", "missing required argument"))
-    return findings + check_counts(block_types, occurrences, where, path)
-
-
-def check_nested(
-    name: str, bodies: list[dict[str, Any]], block_types: dict[str, Any], where: str, path: str
-) -> list[Finding]:
-    if name not in block_types:
-        return [Finding("error", f"{where}: {path}{name}", f"unknown block type {name}")]
-    findings = []
-    block_type = block_types[name]
-    if block_type.get("block", {}).get("deprecated") or block_type.get("deprecated"):
-        findings.append(Finding("warning", f"{where}: {path}{name}", f"block {name} is deprecated"))
-    for body in bodies:
-        findings += check_body(body, block_type["block"], where, f"{path}{name}.", frozenset())
-    return findings
-
-
-def check_attribute(name: str, value: Any, attribute: dict[str, Any], where: str) -> list[Finding]:
-    if attribute.get("computed") and not (attribute.get("optional") or attribute.get("required")):
-        return [Finding("error", where, f"{name} is computed by the provider and cannot be set")]
-    findings = []
-    allowed = attribute.get("allowed_values")
-    if allowed and is_literal(value) and value not in allowed:
-        choices = ", ".join(map(str, allowed))
-        findings.append(Finding("error", where, f"{value!r} is not allowed; valid: {choices}"))
-    if attribute.get("deprecated"):
-        findings.append(Finding("warning", where, f"{name} is deprecated"))
-    return findings
-
-
-def check_counts(
-    block_types: dict[str, Any], occurrences: Counter[str], where: str, path: str
-) -> list[Finding]:
-    findings = []
-    for name, block_type in block_types.items():
-        count, here = occurrences[name], f"{where}: {path}{name}"
-        low = block_type.get("min_items", 0)
-        high = 1 if block_type["nesting_mode"] == "single" else block_type.get("max_items")
-        if count < low:
-            findings.append(
-                Finding("error", here, f"needs at least {low} {name} block(s), has {count}")
-            )
-        if high is not None and count > high:
-            findings.append(
-                Finding("error", here, f"allows at most {high} {name} block(s), has {count}")
-            )
-    return findings
+    if not removed:
+        return []
+    message = next((text for key, text in removed.items() if key.startswith("deprecation")), "")
+    replacement = next(iter(re.findall(r"openstack_\w+", message)), None)
+    advice = f"use {replacement} instead" if replacement else message
+    removed_in = removed.get("removed_in", "an earlier release")
+    return [Finding("error", where, f"{type_name} was removed in {removed_in}: {advice}")]
 
 
 def check_required_providers(
@@ -233,10 +117,16 @@ def check_required_providers(
             findings.append(Finding("error", where, f"source {source!r} is not {PROVIDER_SOURCE}"))
         constraint = requirement.get("version", "") if isinstance(requirement, dict) else ""
         newest = schema["provider_version"]
-        if not admits(constraint, newest) or admits(constraint, LAST_UNSUPPORTED_VERSION):
+        if (
+            not admits(constraint, newest)
+            or admits(constraint, LAST_UNSUPPORTED_VERSION)
+            or admits(constraint, FIRST_UNTESTED_VERSION)
+        ):
             findings.append(
                 Finding(
-                    "error", where, f"version {constraint!r} must admit {newest} and exclude 2.x"
+                    "error",
+                    where,
+                    f"version {constraint!r} must admit {newest} and exclude 2.x and 4.x",
                 )
             )
     return findings
