@@ -118,7 +118,7 @@ def op_site(
         data = merge(data, changes)
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data))
-        return OpSite(name, path, tmp_path / "state", data)
+        return OpSite(name, path, tmp_path / f"state-{name}", data)
 
     return make
 

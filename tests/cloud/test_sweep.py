@@ -1,25 +1,24 @@
-"""The sweep after a half-applied site: exactly the site's resources, never another site's."""
+"""The sweep after a half-applied site: exactly the site's resources, never another site's.
+
+The half-applied site is the project's module applied by the real provider to part of its
+resources (`-target`), as an apply stopped halfway leaves it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from openstack.connection import Connection
 
-from cidemo_infra.cloud import find, sweep, wait_for_servers
+from cidemo_infra.cloud import find, site_tag, sweep
+from cidemo_infra.console import Reporter
+from cidemo_infra.render.site_files import render_site
+from cidemo_infra.render.tfvars import TFVARS_NAME
 from cidemo_infra.site import Site
-from tests.cloud.sdk_stack import (
-    Stack,
-    boot_server,
-    create_floating_ip,
-    create_keypair,
-    create_network,
-    create_port,
-    create_security_groups,
-    create_server_group,
-    tags,
-)
+from cidemo_infra.state import StateDir
+from cidemo_infra.targets.openstack import site_driver
 
 pytestmark = pytest.mark.cloud
 
@@ -30,27 +29,32 @@ def test_a_half_applied_site_is_swept_exactly_and_strays_survive(
     new_site_name: Callable[[], str],
     public_key: str,
     request: pytest.FixtureRequest,
+    tmp_path: Path,
+    external_subnet_stays_here: str,
 ) -> None:
     site = make_site()
-    stack = Stack(site)
-    create_network(conn, stack)
-    create_security_groups(conn, stack)
-    create_keypair(conn, stack, public_key)
-    create_server_group(conn, stack)
     first, second = site.nodes[0], site.nodes[1]
-    create_port(conn, stack, first)
-    create_port(conn, stack, second)
-    boot_server(conn, stack, first)
-    wait_for_servers(conn, [f"{site.name}-{first.name}"], timeout=120)
-    create_floating_ip(conn, stack, first)
+    state = StateDir.resolve(site.name, str(tmp_path / "state"))
+    render_site(site, state, str(tmp_path / "site.yaml"))
+    driver = site_driver(site, state, Reporter(quiet=True))
+    driver.init()
+    driver.plan(
+        state.terraform_dir / TFVARS_NAME,
+        targets=[
+            f'openstack_networking_floatingip_associate_v2.node["{first.name}"]',
+            f'openstack_compute_instance_v2.node["{first.name}"]',
+            f'openstack_networking_port_v2.node["{second.name}"]',
+        ],
+    )
+    driver.apply_plan()
 
     other = make_site(name=new_site_name())
     stray_net = conn.network.create_network(name=f"{other.name}-net")
-    conn.network.set_tags(stray_net, tags(other))
+    conn.network.set_tags(stray_net, [site_tag(other.name)])
     stray_key = conn.compute.create_keypair(name=f"{other.name}-key", public_key=public_key)
     # the name says this site, the tag says the other one: the tag wins
     tagged = conn.network.create_network(name=f"{site.name}-borrowed")
-    conn.network.set_tags(tagged, tags(other))
+    conn.network.set_tags(tagged, [site_tag(other.name)])
     # a prefix of the site name, without the dash, is another site
     lookalike = conn.network.create_security_group(name=f"{site.name}x-public")
     request.addfinalizer(lambda: conn.network.delete_security_group(lookalike))
@@ -79,7 +83,8 @@ def test_a_half_applied_site_is_swept_exactly_and_strays_survive(
 
     found = sweep(conn, site.name, delete=False, key_name=site.ssh.key_name)
     assert {(leak.kind, leak.name) for leak in found} == expected
-    assert conn.compute.get_server(stack.servers[first.name].id).status == "ACTIVE"
+    (server,) = [leak for leak in found if leak.kind == "server"]
+    assert conn.compute.get_server(server.id).status == "ACTIVE"
 
     removed = sweep(conn, site.name, delete=True, key_name=site.ssh.key_name)
 

@@ -1,12 +1,15 @@
-"""The OpenStack target's chain without the provider: outputs -> inventory -> TLS engines ->
+"""The OpenStack target's chain after Terraform: outputs -> inventory -> TLS engines ->
 placement -> checks, and the Docker TLS transport itself.
 
-Terraform's OpenStack provider cannot be downloaded here, so a stand-in module of built-in
-resources (tests/data/terraform/standin-openstack, same variables and output shape as the real
-module) is applied by the real terraform. Its nodes' "floating IPs" are this machine's loopback,
-where a second dockerd serves the Docker API with TLS from the site's own CA, and it reports the
-nodes' private addresses 10.42.0.N as the loopback aliases 127.0.0.N, where a real etcd
-(Debian's, v2 API on) listens, as the etcd members on cloud nodes do. No traffic goes to 10.42.x.
+The real module is applied by the real provider in the cloud tier (tests/cloud/test_provider.py),
+but the test OpenStack's hypervisor is fake: no engine answers at its servers' addresses. Until lab
+nodes boot them, this is the one test of what follows the apply on the OpenStack path, so a
+stand-in module of built-in resources (tests/data/terraform/standin-openstack, same variables and
+output shape as the real module) is applied by the real terraform. Its nodes' "floating IPs" are
+this machine's loopback, where a second dockerd serves the Docker API with TLS from the site's own
+CA, and it reports the nodes' private addresses 10.42.0.N as the loopback aliases 127.0.0.N, where
+a real etcd (Debian's, v2 API on) listens, as the etcd members on cloud nodes do. No traffic goes
+to 10.42.x.
 """
 
 from __future__ import annotations

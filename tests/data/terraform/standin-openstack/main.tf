@@ -1,5 +1,5 @@
-# STAND-IN for the OpenStack module: the provider cannot be downloaded on a machine that reaches
-# only package registries. Tests copy the real module's variables.tf beside this file, so the
+# STAND-IN for the OpenStack module, for the chain test only: the test OpenStack's servers do not
+# boot (fake hypervisor), so nothing answers at the real module's addresses. Tests copy the real module's variables.tf beside this file, so the
 # rendered tfvars must satisfy the real contract, and this module's outputs have the real
 # module's exact shape. Every node's "floating IP" is this machine's loopback, where the test
 # runs a Docker engine with TLS. This machine has no private network, so a node's private
