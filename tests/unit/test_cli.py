@@ -82,3 +82,32 @@ def test_every_jenkins_job_calls_the_cli_with_options_it_has(cidemo) -> None:
         args = [a for a in shlex.split(line)]
         result = cidemo(*args, "--help")
         assert result.rc == 0, f"cidemo {call}: {result.err.strip()}"
+
+
+@pytest.mark.parametrize("command", ["provision", "plan"])
+def test_infrastructure_only_needs_an_openstack_site(cidemo, tmp_path: Path, command: str) -> None:
+    site = REPO / "infra" / "sites" / "local.yaml"
+    state = tmp_path / "state"
+    result = cidemo(
+        command, "--infrastructure-only", "--site", str(site), "--state-dir", str(state)
+    )
+    assert result.rc == 2
+    assert result.err.strip().splitlines() == [
+        "cidemo: error: --infrastructure-only: site 'local' has target local, which has no cloud "
+        "infrastructure (only an openstack site has)"
+    ]
+
+
+def test_infrastructure_only_and_services_only_exclude_each_other(cidemo, tmp_path: Path) -> None:
+    site = REPO / "infra" / "sites" / "openstack.example.yaml"
+    result = cidemo(
+        "plan",
+        "--infrastructure-only",
+        "--services-only",
+        "--site",
+        str(site),
+        "--state-dir",
+        str(tmp_path / "state"),
+    )
+    assert result.rc == 2
+    assert "--services-only and --infrastructure-only exclude each other" in result.err

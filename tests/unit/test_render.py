@@ -164,3 +164,23 @@ def test_terraform_refuses_an_unknown_server_group_policy(rendered, tmp_path: Pa
     bad = terraform("plan", "-var", "deis_server_group_policy=affinity")
     assert bad.returncode == 1
     assert "deis_server_group_policy must be anti-affinity or soft-anti-affinity" in bad.stderr
+
+
+def test_a_key_that_only_looks_like_one_is_refused_before_the_cloud(tmp_path: Path, cidemo) -> None:
+    """Nova answers 400 'failed to generate fingerprint' for such a key, mid-apply."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["ssh"] = {"public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHcidemoExampleKeyOnly x"}
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data))
+    result = cidemo("render", "--site", str(site), "--state-dir", str(tmp_path / "state"))
+    assert result.rc == 2
+    (line,) = result.err.splitlines()
+    assert "ssh.public_key: the key does not parse as an OpenSSH public key" in line
+    assert not (tmp_path / "state" / "terraform").exists()
+
+
+def test_the_example_key_is_a_real_public_key() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    text = (SITES / "example-key.pub").read_text().split()
+    assert serialization.load_ssh_public_key(" ".join(text[:2]).encode())

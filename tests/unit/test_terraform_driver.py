@@ -170,3 +170,47 @@ def test_missing_binary_names_tf_binary(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(UsageError, match="TF_BINARY='tofu': not found"):
         terraform_binary("tofu")
+
+
+def test_a_cloud_error_becomes_the_address_and_the_clouds_own_reason() -> None:
+    diagnostic = {
+        "severity": "error",
+        "summary": (
+            "Error creating OpenStack server: Expected HTTP response code [202] when accessing "
+            "[POST http://127.0.0.1:18774/v2.1/servers], but got 403 instead: "
+            '{"forbidden": {"code": 403, "message": "Quota exceeded for instances: Requested 1, '
+            'but already used 10 of 10 instances"}}'
+        ),
+        "detail": "",
+        "address": 'openstack_compute_instance_v2.node["deis-3"]',
+    }
+    error = TerraformError(["terraform", "-chdir=/x", "apply", "-json"], 1, "", [diagnostic] * 2)
+    assert str(error) == (
+        'terraform apply failed (exit 1): openstack_compute_instance_v2.node["deis-3"]: '
+        "Error creating OpenStack server: the cloud answered HTTP 403 to POST: Quota exceeded "
+        "for instances: Requested 1, but already used 10 of 10 instances (+1 more error)"
+    )
+
+
+def test_the_site_key_bounds_every_terraform_command(tmp_path: Path) -> None:
+    need_terraform()
+    from cidemo_infra.console import Reporter
+    from cidemo_infra.site import Site
+    from cidemo_infra.state import StateDir
+    from cidemo_infra.targets.openstack import site_driver
+
+    site = Site.model_validate(
+        {
+            "name": "tmo",
+            "target": "openstack",
+            "cloud": "c",
+            "ssh": {"public_key_file": "x.pub"},
+            "roles": {
+                "deis": {"flavor": "f", "image": "i"},
+                "standalone": {"flavor": "f", "image": "i"},
+            },
+            "timeouts": {"terraform": 45},
+        }
+    )
+    driver = site_driver(site, StateDir.resolve("tmo", str(tmp_path)), Reporter(quiet=True))
+    assert driver.timeout == 45
