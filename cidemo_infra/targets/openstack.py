@@ -9,6 +9,7 @@ operator asked for the infrastructure only.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from cidemo_infra.cloud.preflight import check, terraform_keypairs
 from cidemo_infra.cloud.sweep import Leak, sweep
 from cidemo_infra.cloud.waits import wait_for_servers
 from cidemo_infra.console import Reporter
-from cidemo_infra.errors import CloudError
+from cidemo_infra.errors import CloudError, TerraformError
 from cidemo_infra.inventory import Inventory, InventoryNode
 from cidemo_infra.render.site_files import (
     PUBLIC_ADDRESSES,
@@ -126,13 +127,44 @@ def provision_infrastructure(
             if not yes and not click.confirm("Apply this plan?", default=False):
                 raise click.exceptions.Abort
             with reporter.progress("terraform apply"):
-                driver.apply_plan()
+                _apply(driver, conn, site)
         inventory = inventory_from_outputs(site, driver.outputs(), state)
         inventory.save(state.inventory_file)
         servers = [f"{site.name}-{n.name}" for n in inventory.nodes]
         with reporter.progress(f"waiting for {len(servers)} servers to be ACTIVE"):
             wait_for_servers(conn, servers, float(site.timeouts.server_active))
     return True
+
+
+def _apply(driver: TerraformDriver, conn: Any, site: Site) -> None:
+    """Apply the saved plan. A server that went to ERROR is reported by the provider without
+    nova's reason ("last error: <nil>"); the server's fault says it, so the error line gets it."""
+    try:
+        driver.apply_plan()
+    except TerraformError as exc:
+        raise with_server_faults(exc, conn, site) from None
+
+
+_INSTANCE = re.compile(r'^openstack_compute_instance_v2\.node\["([^"]+)"\]$')
+_NO_REASON = re.compile(r"\.? *last error: %!s\(<nil>\)")
+
+
+def with_server_faults(exc: TerraformError, conn: Any, site: Site) -> TerraformError:
+    diagnostics = []
+    for diagnostic in exc.diagnostics:
+        match = _INSTANCE.match(str(diagnostic.get("address") or ""))
+        summary = str(diagnostic.get("summary") or "")
+        if match and "'ERROR'" in summary:
+            server = conn.compute.find_server(f"{site.name}-{match.group(1)}")
+            fault = (getattr(server, "fault", None) or {}) if server is not None else {}
+            if fault.get("message"):
+                diagnostic = {
+                    **diagnostic,
+                    "summary": _NO_REASON.sub("", summary),
+                    "detail": f"nova's fault: {fault['message']}",
+                }
+        diagnostics.append(diagnostic)
+    return TerraformError(exc.cmd, exc.rc, exc.stderr, diagnostics)
 
 
 def _show_orphans(orphans: Orphans, reporter: Reporter) -> None:

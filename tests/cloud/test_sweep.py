@@ -32,21 +32,25 @@ def test_a_half_applied_site_is_swept_exactly_and_strays_survive(
     tmp_path: Path,
     external_subnet_stays_here: str,
 ) -> None:
-    site = make_site()
+    site = make_site(roles={"deis": {"anti_affinity": "soft"}})  # parallel boots, 3 hosts
     first, second = site.nodes[0], site.nodes[1]
     state = StateDir.resolve(site.name, str(tmp_path / "state"))
     render_site(site, state, str(tmp_path / "site.yaml"))
     driver = site_driver(site, state, Reporter(quiet=True))
     driver.init()
-    driver.plan(
-        state.terraform_dir / TFVARS_NAME,
-        targets=[
-            f'openstack_networking_floatingip_associate_v2.node["{first.name}"]',
-            f'openstack_compute_instance_v2.node["{first.name}"]',
-            f'openstack_networking_port_v2.node["{second.name}"]',
-        ],
-    )
+    driver.plan(state.terraform_dir / TFVARS_NAME)
     driver.apply_plan()
+    # then back to half, as an apply stopped after the first server and two ports leaves it
+    # (a targeted plan cannot make this: the module's outputs index every node)
+    gone = [n for n in site.nodes if n.name != first.name]
+    for node in gone:
+        server = conn.compute.find_server(f"{site.name}-{node.name}", ignore_missing=False)
+        conn.compute.delete_server(server)
+        conn.compute.wait_for_delete(server, wait=120)
+        fip = next(conn.network.ips(description=f"{site.name}-{node.name}"))
+        conn.network.delete_ip(fip)
+        if node.name != second.name:
+            conn.network.delete_port(conn.network.find_port(f"{site.name}-{node.name}"))
 
     other = make_site(name=new_site_name())
     stray_net = conn.network.create_network(name=f"{other.name}-net")
