@@ -155,7 +155,8 @@ class TerraformDriver:
         argv = self._tf.generate_cmd_string(cmd, *args, **flags)
         outcome = self._run(cmd, argv)
         if outcome.rc not in ok:
-            text = outcome.err or outcome.out or "\n".join(map(diagnostic_line, outcome.errors))
+            # the diagnostics first: stderr may hold only a warning (e.g. of the CLI config)
+            text = "\n".join([*map(diagnostic_line, outcome.errors), outcome.err or outcome.out])
             raise TerraformError(argv, outcome.rc, text, outcome.errors)
         return outcome.rc, outcome.out, outcome.err
 
