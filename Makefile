@@ -8,13 +8,14 @@ CIDEMO := $(BIN)/cidemo
 SITE ?= infra/sites/local.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help venv host terraform-tools provision destroy smoke render plan status recover images base-image \
+.PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision destroy smoke render plan status recover images base-image \
         test test-unit test-integration lint bench clean \
         env-up env-down env-list env-promote env-gc env-refresh-staging env-backups
 
 help:
 	@echo "make provision | destroy | smoke | render | plan | status | recover | images | base-image"
 	@echo "make test | lint | bench | terraform-tools          (SITE=$(SITE))"
+	@echo "make cloud-lab | cloud-lab-down    (the test OpenStack whose servers boot as lab nodes)"
 	@echo "make env-up PR=<n>|ENV=staging|ENV=production REF=<sha> [IMAGE=<image>] [FORK=1]"
 	@echo "make env-down PR=<n> | env-list | env-promote | env-gc | env-refresh-staging [FROM=<backup>] | env-backups"
 
@@ -33,6 +34,20 @@ host:
 # the CLI configuration for them; stdout is only `TF_BINARY=...` and `TF_CLI_CONFIG_FILE=...`.
 terraform-tools:
 	@bash scripts/terraform-tools.sh
+
+# The OpenStack path on this machine: the test OpenStack, and lab nodes that boot its servers'
+# user-data; then `make provision SITE=$(LAB_SITE)`. cloud-lab-down removes it all.
+LAB_SITE := infra/sites/cloud-lab.yaml
+LAB_OPENSTACK ?= /tmp/cidemo-openstack
+ifeq ($(SITE),$(LAB_SITE))
+export OS_CLIENT_CONFIG_FILE ?= $(LAB_OPENSTACK)/clouds.yaml
+endif
+
+cloud-lab: venv host
+	CIDEMO_LAB_OPENSTACK=$(LAB_OPENSTACK) bash tests/cloud/lab/lab-up $(LAB_SITE)
+
+cloud-lab-down: venv
+	CIDEMO_LAB_OPENSTACK=$(LAB_OPENSTACK) bash tests/cloud/lab/lab-down
 
 # For an openstack SITE: a terraform binary (built if missing) and the mirror where it is built
 # (TF_MIRROR=1 builds it); nothing for a local site. Operators who reach the registry use it as before.
