@@ -46,7 +46,7 @@ from cidemo_infra.engines import ENGINE_ERRORS, engine_error, unique_clients
 from cidemo_infra.envs.locks import platform_lock
 from cidemo_infra.envs.names import Environment
 from cidemo_infra.envs.platform import Deployment
-from cidemo_infra.errors import PlacementError, UsageError
+from cidemo_infra.errors import EngineError, PlacementError, UsageError
 from cidemo_infra.inventory import Inventory, InventoryNode
 from cidemo_infra.lifecycle import Session
 from cidemo_infra.placement.specs import (
@@ -675,7 +675,23 @@ def remove_site_apps(client: docker.DockerClient, site: str) -> list[str]:
         for container in (api.inspect_network(net["Id"]).get("Containers") or {}).values():
             with contextlib.suppress(docker.errors.APIError):
                 api.disconnect_container_from_network(container["Name"], net["Id"], force=True)
-        with contextlib.suppress(docker.errors.NotFound):
-            api.remove_network(net["Id"])
+        if _remove_network(api, net["Id"], time.monotonic() + GONE_TIMEOUT):
             removed.append(f"network {net['Name']}")
     return removed
+
+
+def _remove_network(api: docker.APIClient, network_id: str, deadline: float) -> bool:
+    """Remove an apps network; the swarm refuses while tasks of removed services on other nodes
+    still hold it ("in use by task"), so that is retried until `deadline`."""
+    while True:
+        try:
+            api.remove_network(network_id)
+            return True
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if "in use" not in str(exc.explanation or exc) or time.monotonic() >= deadline:
+                raise EngineError(
+                    f"remove network {network_id}: {exc.explanation or exc}"
+                ) from None
+            time.sleep(1)
