@@ -6,6 +6,7 @@ Planning is pure (placement.plan, render); only the executors called from here t
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,10 +253,16 @@ class Session:
 
 
 def open_session(
-    site: Site, state: StateDir, reporter: Reporter, build: bool, wait: float = 0
+    site: Site,
+    state: StateDir,
+    reporter: Reporter,
+    build: bool,
+    wait: float = 0,
+    clients: dict[str, docker.DockerClient] | None = None,
 ) -> Session:
     inventory = _inventory(site, state)
-    clients = _clients(site, inventory, wait)
+    if clients is None:
+        clients = _clients(site, inventory, wait)
     return Session(
         site,
         state,
@@ -451,7 +458,7 @@ def recover(
         )
 
 
-def _smoke(session: Session) -> Report:
+def _smoke(session: Session, unreachable: Mapping[str, str] | None = None) -> Report:
     return run_smoke(
         SmokeContext(
             registry=session.registry(),
@@ -461,14 +468,22 @@ def _smoke(session: Session) -> Report:
             root_password=_secrets(session.state)["root_password"],
             jenkins_url=session.jenkins_url(),
             ttl=session.site.services.galera.ttl,
+            unreachable=dict(unreachable or {}),
         )
     )
 
 
 def smoke(site: Site, state: StateDir, reporter: Reporter) -> Report:
-    session = open_session(site, state, reporter, build=False)
+    """The checks; on a cloud, a node whose engine does not answer is a failed check of its own
+    and the rest of the site is checked without it."""
+    if site.target == "local":
+        session = open_session(site, state, reporter, build=False)
+        unreachable: dict[str, str] = {}
+    else:
+        clients, unreachable = _answering_clients(site, state, reporter, quiet=True)
+        session = open_session(site, state, reporter, build=False, clients=clients)
     try:
-        return _smoke(session)
+        return _smoke(session, unreachable)
     finally:
         session.close()
 
@@ -528,7 +543,7 @@ def destroy(
     """Services first (where the engines answer), then the infrastructure, then the leak sweep."""
     openstack = site.target == "openstack"
     with state.lock(lock_wait):
-        clients = _answering_clients(site, state, reporter)
+        clients, _ = _answering_clients(site, state, reporter)
         doomed = _labelled(site.name, clients, purge or openstack)
         for kind, items in doomed.items():
             for engine, name in items:
@@ -548,9 +563,15 @@ def destroy(
                 raise click.exceptions.Abort
             from cidemo_infra.envs.swarm import remove_site_apps  # envs build on this module
 
-            for client in unique_clients(clients).values():
-                for removed in remove_site_apps(client, site.name):
-                    reporter.line(f"removed {removed}")
+            for engine, client in unique_clients(clients).items():
+                try:
+                    for removed in remove_site_apps(client, site.name):
+                        reporter.line(f"removed {removed}")
+                except EngineError as exc:
+                    if not openstack:
+                        raise
+                    # the node goes with its server: what its swarm still holds goes too
+                    reporter.step(f"engine {engine}: {exc}; left to terraform destroy")
             _remove_labelled(clients, doomed)
             if infrastructure is not None and infrastructure.has_changes:
                 target.destroy_infrastructure(site, state, reporter, infrastructure)
@@ -569,14 +590,15 @@ def destroy(
 
 
 def _answering_clients(
-    site: Site, state: StateDir, reporter: Reporter
-) -> dict[str, docker.DockerClient]:
-    """Engines to tear services down on: all of them locally; on a cloud, those that answer
-    (a half-created site may have nodes that never booted)."""
+    site: Site, state: StateDir, reporter: Reporter, quiet: bool = False
+) -> tuple[dict[str, docker.DockerClient], dict[str, str]]:
+    """Engines that answer, and why each other node's does not: all of them locally; on a
+    cloud, those that answer (a half-created site, or a lost node, may have nodes that do not)."""
     if site.target == "local":
-        return _clients(site, local_inventory(site))
+        return _clients(site, local_inventory(site)), {}
     inventory = Inventory.load(state.inventory_file)
     clients: dict[str, docker.DockerClient] = {}
+    unreachable: dict[str, str] = {}
     for node in inventory.nodes if inventory else ():
         try:
             clients[node.engine] = client_for(
@@ -587,8 +609,10 @@ def _answering_clients(
                 timeout=10,
             )
         except EngineError as exc:
-            reporter.step(f"skipping services on {node.name}: {exc}")
-    return clients
+            unreachable[node.engine] = str(exc)
+            if not quiet:
+                reporter.step(f"skipping services on {node.name}: {exc}")
+    return clients, unreachable
 
 
 def _labelled(

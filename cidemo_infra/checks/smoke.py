@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import docker
 import docker.errors
@@ -29,10 +29,13 @@ class SmokeContext:
     root_password: str
     jenkins_url: str | None
     ttl: int
+    unreachable: Mapping[str, str] = field(default_factory=dict)  # engine -> why it does not answer
 
 
 def run_smoke(ctx: SmokeContext) -> Report:
     report = Report()
+    for engine, why in sorted(ctx.unreachable.items()):
+        report.add(f"node {engine}", False, why)
     ok, detail = ctx.registry.is_healthy()
     report.add("etcd", ok, detail)
     if not ok:
@@ -51,6 +54,8 @@ def run_smoke(ctx: SmokeContext) -> Report:
 
 
 def _container(ctx: SmokeContext, spec: ContainerSpec) -> docker.models.containers.Container:
+    if spec.engine in ctx.unreachable:  # checked as missing, like a removed container
+        raise docker.errors.NotFound(f"node {spec.node}: its engine does not answer")
     return ctx.clients[spec.engine].containers.get(spec.name)
 
 
