@@ -104,6 +104,20 @@ def public_key() -> str:
 
 
 @pytest.fixture
+def instance_quota(conn: Connection, admin_conn: Connection) -> Iterator[Callable[[int], None]]:
+    """Set the test project's instance quota; the old value comes back in the finalizer."""
+    project = conn.current_project_id
+    old = admin_conn.compute.get_quota_set(project).instances
+
+    def set_to(value: int) -> None:
+        admin_conn.compute.update_quota_set(project, instances=value)
+
+    yield set_to
+    admin_conn.compute.update_quota_set(project, instances=old)
+    assert admin_conn.compute.get_quota_set(project).instances == old
+
+
+@pytest.fixture
 def new_site_name(conn: Connection) -> Iterator[Callable[[], str]]:
     """Unique site names; each one's resources and keypair `<name>-key` are swept at the end."""
     names: list[str] = []

@@ -5,6 +5,7 @@ placed over Docker TLS at the floating IPs, checked, converged again, and destro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -17,17 +18,27 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import pymysql
 import pytest
 import yaml
 from openstack.connection import Connection
 
+from cidemo_infra import images
 from cidemo_infra.cloud import find, sweep
+from cidemo_infra.console import Reporter
+from cidemo_infra.engines import client_for
+from cidemo_infra.inventory import Inventory
 from tests.cloud.conftest import missing
 from tests.cloud.lab import labd
 from tests.conftest import REPO, SITES, run_cidemo
+from tests.support.http_page import page
 
 pytestmark = pytest.mark.cloud
 READY_TIMEOUT = 1200  # a cold machine builds etcd, the node image and the project's images
+NODES = ("deis-1", "deis-2", "deis-3", "standalone-1")
+BASE_IMAGE = "cidemo/debian:bookworm-slim"
+PROBE = "exec 3<>/dev/tcp/169.254.169.254/80 && echo reached"
+SHA = "1ab5c0de" * 5
 
 
 @dataclass
@@ -55,8 +66,68 @@ class LabSite:
     def node(self, node: str) -> Any:
         return self.engine.containers.get(f"cidemo-lab-{self.name}-{node}")
 
-    def nodes(self) -> list[Any]:
-        return self.engine.containers.list(all=True, filters={"label": f"{labd.LABEL}"})
+    def inventory(self) -> Inventory:
+        found = Inventory.load(self.state_dir / "inventory.json")
+        assert found is not None, "no inventory: was the site provisioned?"
+        return found
+
+    def engines(self) -> dict[str, docker.DockerClient]:
+        return {
+            n.name: client_for(n.docker_url, n.tls_dir, False, node=n.name)
+            for n in self.inventory().nodes
+        }
+
+    def page(self, env: str) -> tuple[int, Any]:
+        """GET / of an environment through the router on the standalone node's floating IP."""
+        address = self.inventory().node("standalone-1").public_ip
+        return page(str(address), 80, f"{env}.apps.lab.cidemo.test")
+
+    def task_nodes(self, skip: str | None = None) -> dict[str, str]:
+        """Environment -> the node name that runs its running task, asked of a manager."""
+        engines = self.engines()
+        manager = engines["deis-1" if skip != "deis-1" else "deis-2"]
+        hostnames = {
+            n.id: n.attrs["Description"]["Hostname"].removeprefix(f"{self.name}-")
+            for n in manager.nodes.list()
+        }
+        out = {}
+        for service in manager.services.list():
+            env = service.attrs["Spec"].get("Labels", {}).get("io.cidemo.env")
+            for task in service.tasks({"desired-state": "running"}):
+                if env and task["Status"]["State"] == "running":
+                    out[env] = hostnames.get(task["NodeID"], "?")
+        return out
+
+    def write_survives(self) -> bool:
+        try:
+            with self.database() as cur:
+                cur.execute("CREATE TABLE IF NOT EXISTS pr_7.lost (id INT PRIMARY KEY)")
+                cur.execute("REPLACE INTO pr_7.lost VALUES (1)")
+            return True
+        except pymysql.MySQLError:
+            return False
+
+    @contextlib.contextmanager
+    def database(self) -> Iterator[Any]:
+        """Root through the proxy's read-write port on the standalone node (this machine is on
+        the lab network, as a host inside the cloud would be)."""
+        secret = (self.state_dir / "secrets" / "root_password").read_text().strip()
+        standalone = self.inventory().node("standalone-1").private_ip
+        conn = pymysql.connect(
+            host=str(standalone),
+            port=4006,
+            user="root",
+            password=secret,
+            autocommit=True,
+            connect_timeout=10,
+            read_timeout=20,
+            write_timeout=20,
+        )
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        finally:
+            conn.close()
 
 
 def _engine() -> docker.DockerClient:
@@ -127,18 +198,15 @@ def run_in(container: Any, *argv: str) -> tuple[int, str]:
     return result.exit_code, result.output.decode(errors="replace")
 
 
-def test_provision_on_lab_nodes_converges_checks_and_destroys_to_nothing(
-    conn: Connection, lab_site: LabSite
-) -> None:
+def test_provision_on_lab_nodes_converges_and_checks(conn: Connection, lab_site: LabSite) -> None:
     site = lab_site
     provisioned = site.cidemo("provision", "--yes")
     assert provisioned.rc == 0, provisioned.out[-3000:] + provisioned.err[-3000:]
 
-    nodes = {n: site.node(n) for n in ("deis-1", "deis-2", "deis-3", "standalone-1")}
-    for name, node in nodes.items():
-        code, result = run_in(node, "cat", "/run/cidemo-lab/result")
+    for name in NODES:
+        code, result = run_in(site.node(name), "cat", "/run/cidemo-lab/result")
         assert (code, result.strip()) == (0, "ok"), f"{name}: {result}"
-    code, members = run_in(nodes["deis-1"], "etcdctl", "member", "list")
+    code, members = run_in(site.node("deis-1"), "etcdctl", "member", "list")
     assert code == 0 and members.count("started") == 3, members
 
     smoke = site.cidemo("smoke")
@@ -149,21 +217,99 @@ def test_provision_on_lab_nodes_converges_checks_and_destroys_to_nothing(
     assert "infrastructure: no changes" in again.out
     assert "no changes: the site is converged (0 actions)" in again.out
 
-    # the metadata guard: the node reaches the (lab's) metadata service, its containers do not
-    code, token = run_in(
-        nodes["deis-1"], "curl", "-sf", "-m", "5", "http://169.254.169.254/cidemo-lab/token"
-    )
-    assert (code, token.strip()) == (0, site.token)
-    base = "cidemo/debian:bookworm-slim"
-    probe = "exec 3<>/dev/tcp/169.254.169.254/80 && echo reached"
+
+def test_the_metadata_guard_holds_on_a_node(lab_site: LabSite) -> None:
+    """The node reaches the (lab's) metadata service; a container on its bridge does not."""
+    node = lab_site.node("deis-1")
+    code, token = run_in(node, "curl", "-sf", "-m", "5", "http://169.254.169.254/cidemo-lab/token")
+    assert (code, token.strip()) == (0, lab_site.token)
     code, out = run_in(
-        nodes["deis-1"], "docker", "run", "--rm", base, "timeout", "10", "bash", "-c", probe
+        node, "docker", "run", "--rm", BASE_IMAGE, "timeout", "10", "bash", "-c", PROBE
     )
     assert code != 0 and "reached" not in out, out
 
+
+def test_previews_run_on_a_swarm_of_the_three_deis_nodes(lab_site: LabSite) -> None:
+    site = lab_site
+    engines = site.engines()
+    image = f"cidemo/guestbook:{SHA}"
+    images.build_app_image(
+        site.engine, REPO / "examples" / "guestbook", image, Reporter(quiet=True),
+        build_args={"APP_VERSION": SHA},
+    )  # fmt: skip
+    for name in ("deis-1", "deis-2", "deis-3"):  # no registry yet: the engines' API
+        engines[name].images.load(site.engine.images.get(image).save(named=True))
+
+    staging = site.cidemo("env", "up", "--staging", "--ref", SHA, "--image", image)
+    assert staging.rc == 0, staging.out + staging.err
+    preview = site.cidemo("env", "up", "--pr", "7", "--ref", SHA, "--image", image)
+    assert preview.rc == 0, preview.out + preview.err
+
+    # the router follows etcd: a route is live a moment after env up wrote it
+    for env, database in (("pr-7-guestbook", "pr_7"), ("stage-guestbook", "stage_guestbook")):
+        wait_until(f"{env} answers", lambda env=env: site.page(env)[0] == 200, 60)
+        status, page = site.page(env)
+        assert (status, page["database"], page["version"]) == (200, database, SHA), page
+    # two services, tasks on more than one host, reached by the router over the overlay
+    hosts = site.task_nodes()
+    assert len(set(hosts.values())) > 1, hosts
+
+    # the metadata guard also holds for a container on the apps' overlay network
+    manager = engines["deis-1"]
+    overlay = next(n.name for n in manager.networks.list() if n.name.endswith("-apps"))
+    code, out = run_in(
+        site.node("deis-1"), "docker", "run", "--rm", "--network", overlay, BASE_IMAGE,
+        "timeout", "10", "bash", "-c", PROBE,
+    )  # fmt: skip
+    assert code != 0 and "reached" not in out, out
+
+
+def test_a_lost_deis_node_is_named_and_the_site_goes_on(lab_site: LabSite) -> None:
+    site = lab_site
+    lost = site.task_nodes()["pr-7-guestbook"]  # the node that runs the preview
+    site.node(lost).stop(timeout=30)
+
+    # Galera serves with 2 of 3 through the proxy: once the proxy has failed over (a connection
+    # to the lost member dies with it), a new one writes and reads
+    wait_until("a write through the proxy succeeds", site.write_survives, 90)
+    with site.database() as cur:
+        cur.execute("SELECT COUNT(*) FROM pr_7.lost")
+        assert cur.fetchone() == (1,)
+    # Swarm runs the preview's task elsewhere, and it answers again
+    wait_until(
+        "the preview's task runs on another node",
+        lambda: site.task_nodes(skip=lost).get("pr-7-guestbook") not in (None, lost),
+        240,
+    )
+    wait_until("the preview answers again", lambda: site.page("pr-7-guestbook")[0] == 200, 120)
+    smoke = site.cidemo("smoke")
+    assert smoke.rc == 1
+    failed = [line for line in smoke.out.splitlines() if lost in line and "FAIL" in line.upper()]
+    assert failed, smoke.out
+
+    # back: the node boots again, provision places what is missing, the member rejoins by IST
+    site.node(lost).start()
+    wait_until(
+        f"{lost} booted again",
+        lambda: run_in(site.node(lost), "cat", "/run/cidemo-lab/result")[1].strip() == "ok",
+        300,
+    )
+    again = site.cidemo("provision", "--yes")
+    assert again.rc == 0, again.out[-3000:] + again.err[-3000:]
+    member = site.engines()[lost].containers.get(f"cidemo-{site.name}-galera-{lost}")
+    assert "IST received" in member.logs().decode(errors="replace")
+    assert site.cidemo("smoke").rc == 0
+
+
+def test_destroy_leaves_no_cloud_resource_and_no_lab_node(
+    conn: Connection, lab_site: LabSite
+) -> None:
+    site = lab_site
     destroyed = site.cidemo("destroy", "--yes")
     assert destroyed.rc == 0, destroyed.err[-2000:]
     assert find(conn, site.name, key_name=f"{site.name}-key") == []
     wait_until(
-        "the lab nodes, networks and volumes are gone", lambda: not labd.leftovers(site.engine), 120
+        "the lab nodes, networks and volumes are gone",
+        lambda: not labd.leftovers(site.engine),
+        120,
     )

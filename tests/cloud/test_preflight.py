@@ -5,7 +5,7 @@ After a failing preflight the sweep finds nothing: preflight only reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from openstack.connection import Connection
@@ -17,20 +17,6 @@ from tests.cloud.conftest import EXTERNAL_NETWORK, FLAVOR_TINY, IMAGE, new_publi
 pytestmark = pytest.mark.cloud
 
 MakeSite = Callable[..., Site]
-
-
-@pytest.fixture
-def instance_quota(conn: Connection, admin_conn: Connection) -> Iterator[Callable[[int], None]]:
-    """Set the test project's instance quota; the old value comes back in the finalizer."""
-    project = conn.current_project_id
-    old = admin_conn.compute.get_quota_set(project).instances
-
-    def set_to(value: int) -> None:
-        admin_conn.compute.update_quota_set(project, instances=value)
-
-    yield set_to
-    admin_conn.compute.update_quota_set(project, instances=old)
-    assert admin_conn.compute.get_quota_set(project).instances == old
 
 
 def test_a_site_that_fits_the_cloud_passes(conn: Connection, make_site: MakeSite) -> None:

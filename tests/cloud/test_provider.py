@@ -132,18 +132,6 @@ def op_site(
             proc.wait()
 
 
-@pytest.fixture
-def instances_quota(conn: Connection, admin_conn: Connection) -> Iterator[Callable[[int], None]]:
-    project = conn.current_project_id
-    old = admin_conn.compute.get_quota_set(project).instances
-
-    def set_quota(value: int) -> None:
-        admin_conn.compute.update_quota_set(project, instances=value)
-
-    yield set_quota
-    set_quota(old)
-
-
 def rows(result: Any) -> list[dict[str, str]]:
     infrastructure: list[dict[str, str]] = json.loads(result.out).get("infrastructure", [])
     return infrastructure
@@ -276,17 +264,22 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float = 240) -> 
         time.sleep(0.5)
 
 
+def kill_in_apply(conn: Connection, site: OpSite, log: Path) -> None:
+    """A provision SIGKILLed (with terraform and the provider) once the cloud has a server."""
+    proc = site.popen("provision", "--infrastructure-only", "--yes", log=log)
+    try:
+        wait_for("a server of the site exists", lambda: bool(site.servers(conn)))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
 def test_a_provision_killed_in_apply_converges_and_destroys_to_nothing(
     conn: Connection, op_site: Callable[..., OpSite], tmp_path: Path
 ) -> None:
     site = op_site()
-    proc = site.popen("provision", "--infrastructure-only", "--yes", log=tmp_path / "killed.log")
-    try:
-        wait_for("a server of the site exists", lambda: bool(site.servers(conn)))
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # cidemo, terraform and the provider at once
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_in_apply(conn, site, tmp_path / "killed.log")
 
     # the cloud holds what the state does not: the plan deletes it before creating anything
     planned = site.cidemo("plan", "--infrastructure-only", "--json")
@@ -311,12 +304,7 @@ def test_a_site_killed_early_in_apply_is_destroyed_to_nothing(
     conn: Connection, op_site: Callable[..., OpSite], tmp_path: Path
 ) -> None:
     site = op_site()
-    proc = site.popen("provision", "--infrastructure-only", "--yes", log=tmp_path / "killed.log")
-    try:
-        wait_for("a server of the site exists", lambda: bool(site.servers(conn)))
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_in_apply(conn, site, tmp_path / "killed.log")
 
     destroyed = site.cidemo("destroy", "--yes")
     assert destroyed.rc == 0, destroyed.err
@@ -353,7 +341,7 @@ def test_two_sites_at_once_keep_to_their_own_resources(
 def test_a_quota_exhausted_during_apply_is_one_line_and_destroy_removes_all(
     conn: Connection,
     op_site: Callable[..., OpSite],
-    instances_quota: Callable[[int], None],
+    instance_quota: Callable[[int], None],
     tmp_path: Path,
 ) -> None:
     site = op_site()
@@ -363,7 +351,7 @@ def test_a_quota_exhausted_during_apply_is_one_line_and_destroy_removes_all(
         # preflight has passed once the main plan starts; then the quota runs out
         wait_for("the main plan", lambda: "==> terraform plan\n" in log.read_text())
         in_use = len(list(conn.compute.servers()))
-        instances_quota(in_use + 1)
+        instance_quota(in_use + 1)
         assert proc.wait(timeout=600) == 1
     finally:
         if proc.poll() is None:
@@ -377,7 +365,7 @@ def test_a_quota_exhausted_during_apply_is_one_line_and_destroy_removes_all(
     assert "Quota exceeded for" in error and "instances" in error, error
     assert "Traceback" not in output
 
-    instances_quota(100)
+    instance_quota(100)
     destroyed = site.cidemo("destroy", "--yes")
     assert destroyed.rc == 0, destroyed.err
     assert site_resources(conn, site) == []

@@ -41,6 +41,7 @@ from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.signature import sign
 from tests.conftest import REPO, Run
 from tests.integration.conftest import TestSite, free_port, make_site, remove_site
+from tests.support.http_page import page
 from tests.support.recording_github import RecordingGitHub
 
 pytestmark = pytest.mark.integration
@@ -119,21 +120,7 @@ class Env:
 
     def page(self, env: str) -> tuple[int, Any]:
         """GET / of an environment through the router, by its host name."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.router_port, timeout=10)
-        try:
-            conn.request(
-                "GET", "/", headers={"Host": f"{env}.{DOMAIN}", "Accept": "application/json"}
-            )
-            response = conn.getresponse()
-            raw = response.read().decode()
-        except OSError as exc:
-            return 0, str(exc)
-        finally:
-            conn.close()
-        try:
-            return response.status, json.loads(raw)
-        except ValueError:
-            return response.status, raw
+        return page("127.0.0.1", self.router_port, f"{env}.{DOMAIN}")
 
     def serving(self, env: str, version: str | None = None) -> dict[str, Any] | None:
         """The page of `env` once it answers 200 (running `version`, when given)."""
