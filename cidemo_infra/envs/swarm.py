@@ -188,6 +188,11 @@ def swarm_members(site: Site, inventory: Inventory) -> list[SwarmMember]:
     return [SwarmMember(n, n.engine, str(n.private_ip)) for n in nodes]
 
 
+def swarm_role(member: SwarmMember) -> str:
+    """Deis nodes manage the swarm (three managers survive the loss of one); others work."""
+    return "manager" if member.node.role == "deis" else "worker"
+
+
 class SwarmPlatform:
     name = "swarm"
 
@@ -316,9 +321,9 @@ class SwarmPlatform:
         self._join_or_init(manager, None)
         if len(self.members) == 1:
             return
-        attrs = self.manager.api.inspect_swarm()
-        token = attrs["JoinTokens"]["Worker"]
+        tokens = self.manager.api.inspect_swarm()["JoinTokens"]
         for member in self.members[1:]:
+            token = tokens["Manager" if swarm_role(member) == "manager" else "Worker"]
             self._join_or_init(member, (f"{manager.address}:{SWARM_PORT}", token))
         self._label_nodes()
 
@@ -357,14 +362,19 @@ class SwarmPlatform:
             raise engine_error(node, "swarm", exc) from None
 
     def _label_nodes(self) -> None:
-        """Cloud swarms: apps run on the deis nodes only (node label io.cidemo.role)."""
+        """Cloud swarms: apps run on the deis nodes only (node label io.cidemo.role), and the deis
+        nodes manage the swarm, so losing one keeps a raft majority (a swarm that joined them as
+        workers gets them promoted)."""
         for member in self.members:
             node_id = self.clients[member.engine].info()["Swarm"]["NodeID"]
             node = self.manager.api.inspect_node(node_id)
             spec = node["Spec"]
-            if (spec.get("Labels") or {}).get(LABEL_ROLE) == member.node.role:
+            role = swarm_role(member)
+            labelled = (spec.get("Labels") or {}).get(LABEL_ROLE) == member.node.role
+            if labelled and spec.get("Role") == role:
                 continue
             spec["Labels"] = {**(spec.get("Labels") or {}), LABEL_ROLE: member.node.role}
+            spec["Role"] = role
             self.manager.api.update_node(node_id, node["Version"]["Index"], spec)
 
     def _ensure_network(self) -> None:

@@ -71,10 +71,11 @@ class LabSite:
         assert found is not None, "no inventory: was the site provisioned?"
         return found
 
-    def engines(self) -> dict[str, docker.DockerClient]:
+    def engines(self, skip: str | None = None) -> dict[str, docker.DockerClient]:
         return {
             n.name: client_for(n.docker_url, n.tls_dir, False, node=n.name)
             for n in self.inventory().nodes
+            if n.name != skip
         }
 
     def page(self, env: str) -> tuple[int, Any]:
@@ -84,8 +85,8 @@ class LabSite:
 
     def task_nodes(self, skip: str | None = None) -> dict[str, str]:
         """Environment -> the node name that runs its running task, asked of a manager."""
-        engines = self.engines()
-        manager = engines["deis-1" if skip != "deis-1" else "deis-2"]
+        engines = self.engines() if skip is None else self.engines(skip=skip)
+        manager = engines["deis-1" if skip != "deis-1" else "deis-2"]  # the deis nodes manage
         hostnames = {
             n.id: n.attrs["Description"]["Hostname"].removeprefix(f"{self.name}-")
             for n in manager.nodes.list()
