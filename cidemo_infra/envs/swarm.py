@@ -1,7 +1,8 @@
 """The `swarm` platform: each environment is a Docker Swarm service behind the site's router.
 
 - The swarm: on a cloud, the first deis node's engine initialises it (advertising its private
-  address) and the other nodes join; locally the standalone node's engine is a one-node swarm
+  address), the other deis nodes join as managers (three managers survive the loss of one) and the
+  standalone node as a worker; locally the standalone node's engine is a one-node swarm
   advertising 127.0.0.1. `swarm init` runs only on an engine that is in no swarm; an engine
   already in one is used as it is (cidemo never leaves, forces or re-creates a swarm).
 - The network: an attachable overlay `cidemo-<site>-apps` that the services join, and that the
