@@ -80,6 +80,19 @@ def _preflight(
         check(site, conn, read_public_key(site, site_path), managed)
 
 
+def _checked(
+    site: Site, state: StateDir, site_path: str, reporter: Reporter, driver: TerraformDriver
+) -> tuple[Any, Orphans]:
+    """Before any plan: the orphans of an interrupted apply (stop on a server that may hold
+    data), then preflight; returns the connection and the orphans to delete."""
+    conn = _connect(site)
+    orphans = _orphans(site, conn, driver, reporter)
+    if orphans.refused:
+        raise orphans.refusal(site.name)
+    _preflight(site, state, site_path, reporter, conn, orphans)
+    return conn, orphans
+
+
 def _orphan_rows(orphans: Orphans) -> list[dict[str, str]]:
     return [{"address": str(leak), "action": "delete (not in state)"} for leak in orphans.deletable]
 
@@ -87,12 +100,8 @@ def _orphan_rows(orphans: Orphans) -> list[dict[str, str]]:
 def plan_infrastructure(
     site: Site, state: StateDir, site_path: str, reporter: Reporter
 ) -> list[dict[str, str]]:
-    conn = _connect(site)
     driver = _driver(site, state, site_path, reporter)
-    orphans = _orphans(site, conn, driver, reporter)
-    if orphans.refused:
-        raise orphans.refusal(site.name)
-    _preflight(site, state, site_path, reporter, conn, orphans)
+    _, orphans = _checked(site, state, site_path, reporter, driver)
     with reporter.progress("terraform plan"):
         summary = driver.plan(state.terraform_dir / TFVARS_NAME)
     return _orphan_rows(orphans) + [{"address": a, "action": act} for a, act in summary.changes]
@@ -103,12 +112,8 @@ def provision_infrastructure(
 ) -> bool:
     """Plan, show, ask, apply, record the inventory, wait; False when nothing more should run."""
     with state.lock():
-        conn = _connect(site)
         driver = _driver(site, state, site_path, reporter)
-        orphans = _orphans(site, conn, driver, reporter)
-        if orphans.refused:
-            raise orphans.refusal(site.name)
-        _preflight(site, state, site_path, reporter, conn, orphans)
+        conn, orphans = _checked(site, state, site_path, reporter, driver)
         if orphans.deletable:
             _show_orphans(orphans, reporter)
             if not dry_run:
