@@ -12,7 +12,6 @@ import click
 
 from cidemo_infra import lifecycle
 from cidemo_infra.console import Reporter
-from cidemo_infra.envs.commands import env
 from cidemo_infra.errors import EXIT_FAILED, EXIT_PLAN_CHANGES, EXIT_USAGE, CidemoError
 from cidemo_infra.options import (
     dry_run_option,
@@ -24,6 +23,7 @@ from cidemo_infra.options import (
     state_option,
     yes_option,
 )
+from cidemo_infra.pipeline.commands import env
 from cidemo_infra.site import load_site
 from cidemo_infra.site.schema import site_json_schema
 from cidemo_infra.webhook.commands import webhook

@@ -39,6 +39,7 @@ from cidemo_infra.placement.specs import (
     network_specs,
     roles_by_engine,
 )
+from cidemo_infra.placement.teardown import remove_site_apps
 from cidemo_infra.registry.keys import Registry, guard_key
 from cidemo_infra.render.site_files import render_site
 from cidemo_infra.site import Site
@@ -561,8 +562,6 @@ def destroy(
                 f"Remove everything of site '{site.name}'{what}?", default=False
             ):
                 raise click.exceptions.Abort
-            from cidemo_infra.envs.swarm import remove_site_apps  # envs build on this module
-
             for engine, client in unique_clients(clients).items():
                 try:
                     for removed in remove_site_apps(client, site.name):

@@ -35,7 +35,7 @@ import yaml
 from cidemo_infra import images
 from cidemo_infra.console import Reporter
 from cidemo_infra.envs import records
-from cidemo_infra.envs.swarm import remove_site_apps
+from cidemo_infra.placement.teardown import remove_site_apps
 from cidemo_infra.registry.keys import Registry
 from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.signature import sign
@@ -57,7 +57,7 @@ GITHUB_TOKEN = "ghp_" + secrets.token_hex(18)  # a made-up token the recording s
 # `cidemo env` is registered in the CLI by the lead; this runs the same entry point with it added.
 ENV_CLI = (
     "import sys; from cidemo_infra.cli import cli, main; "
-    "from cidemo_infra.envs.commands import env; cli.add_command(env); main(sys.argv[1:])"
+    "from cidemo_infra.pipeline.commands import env; cli.add_command(env); main(sys.argv[1:])"
 )
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from cidemo_infra.envs.commands import env
+from cidemo_infra.pipeline.commands import env
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit

@@ -20,7 +20,7 @@
 Labels: services and secrets carry `io.cidemo.site`, `io.cidemo.role=app`, `io.cidemo.env`.
 The overlay network and the tasks' containers do not carry `io.cidemo.site`: placement owns every
 container and network with that label and would plan to remove them; they carry
-`io.cidemo.apps-of=<site>` instead, and `remove_site_apps` removes all of it.
+`io.cidemo.apps-of=<site>` instead, and `placement.teardown.remove_site_apps` removes all of it.
 """
 
 from __future__ import annotations
@@ -46,8 +46,7 @@ from cidemo_infra.console import Reporter
 from cidemo_infra.engines import ENGINE_ERRORS, engine_error, unique_clients
 from cidemo_infra.envs.locks import platform_lock
 from cidemo_infra.envs.names import Environment
-from cidemo_infra.envs.platform import Deployment
-from cidemo_infra.errors import EngineError, PlacementError, UsageError
+from cidemo_infra.errors import PlacementError, UsageError
 from cidemo_infra.inventory import Inventory, InventoryNode
 from cidemo_infra.lifecycle import Session
 from cidemo_infra.placement.specs import (
@@ -59,12 +58,13 @@ from cidemo_infra.placement.specs import (
     container_name,
     has_router,
 )
+from cidemo_infra.placement.teardown import GONE_TIMEOUT, LABEL_APPS_OF
+from cidemo_infra.platforms.platform import Deployment
 from cidemo_infra.registry.keys import Registry
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 
 LABEL_ENV = "io.cidemo.env"
-LABEL_APPS_OF = "io.cidemo.apps-of"
 LABEL_SECRET = "io.cidemo.secret"
 ROLE_APP = "app"
 SWARM_PORT = 2377
@@ -74,7 +74,6 @@ SECRETS_DIR = "/run/secrets"
 NS = 1_000_000_000
 UPDATE_MONITOR = 5 * NS  # a new task that fails this soon after starting rolls the update back
 STOP_GRACE = 10 * NS
-GONE_TIMEOUT = 60.0
 
 
 def service_name(site: str, env: str) -> str:
@@ -657,52 +656,3 @@ def _iso(docker_time: str) -> str:
     if not docker_time:
         return ""
     return _docker_time(docker_time).isoformat(timespec="seconds")
-
-
-def remove_site_apps(client: docker.DockerClient, site: str) -> list[str]:
-    """Everything of the site's apps on one engine: services, their secrets, the apps network
-    (for `cidemo destroy` and test finalizers). Returns what was removed."""
-    removed: list[str] = []
-    swarm = client.info().get("Swarm") or {}
-    if swarm.get("LocalNodeState") != "active":
-        return removed
-    api = client.api
-    manager = bool(swarm.get("ControlAvailable"))
-    if manager:
-        for service in api.services(filters={"label": f"{LABEL_SITE}={site}"}):
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_service(service["ID"])
-                removed.append(f"service {service['Spec']['Name']}")
-    deadline = time.monotonic() + GONE_TIMEOUT
-    flt = {"label": f"{LABEL_APPS_OF}={site}"}
-    while api.containers(all=True, filters=flt) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if manager:
-        for secret in api.secrets(filters={"label": f"{LABEL_SITE}={site}"}):
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_secret(secret["ID"])
-                removed.append(f"secret {secret['Spec']['Name']}")
-    for net in api.networks(filters={"label": f"{LABEL_APPS_OF}={site}"}):
-        for container in (api.inspect_network(net["Id"]).get("Containers") or {}).values():
-            with contextlib.suppress(docker.errors.APIError):
-                api.disconnect_container_from_network(container["Name"], net["Id"], force=True)
-        if _remove_network(api, net["Id"], time.monotonic() + GONE_TIMEOUT):
-            removed.append(f"network {net['Name']}")
-    return removed
-
-
-def _remove_network(api: docker.APIClient, network_id: str, deadline: float) -> bool:
-    """Remove an apps network; the swarm refuses while tasks of removed services on other nodes
-    still hold it ("in use by task"), so that is retried until `deadline`."""
-    while True:
-        try:
-            api.remove_network(network_id)
-            return True
-        except docker.errors.NotFound:
-            return False
-        except docker.errors.APIError as exc:
-            if "in use" not in str(exc.explanation or exc) or time.monotonic() >= deadline:
-                raise EngineError(
-                    f"remove network {network_id}: {exc.explanation or exc}"
-                ) from None
-            time.sleep(1)

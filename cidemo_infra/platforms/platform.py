@@ -1,4 +1,4 @@
-"""App platforms behind one small interface, chosen by name (`environments.platform`).
+"""The interface of an app platform (chosen by name in `cidemo_infra.platforms`):
 
 - `swarm` (default): a Docker Swarm service per environment behind the site's HTTP router;
 - `deis`: a Deis v1 app per environment on the site's Deis controller.
@@ -10,15 +10,11 @@ prepares each environment's database and hands the platform its credentials.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from cidemo_infra.envs.names import Environment
-from cidemo_infra.errors import UsageError
-
-if TYPE_CHECKING:
-    from cidemo_infra.lifecycle import Session
 
 
 @dataclass(frozen=True)
@@ -63,30 +59,3 @@ class AppPlatform(Protocol):
     def database_address(self) -> tuple[str, int]:
         """Where the apps reach the site's MySQL proxy (read-write), as seen from the apps."""
         ...
-
-
-PlatformFactory = Callable[["Session"], AppPlatform]
-
-
-def _swarm(session: Session) -> AppPlatform:
-    from cidemo_infra.envs.swarm import SwarmPlatform
-
-    return SwarmPlatform.for_session(session)
-
-
-def _deis(session: Session) -> AppPlatform:
-    from cidemo_infra.envs.deis_platform import DeisPlatform
-
-    return DeisPlatform.for_session(session)
-
-
-PLATFORMS: dict[str, PlatformFactory] = {"swarm": _swarm, "deis": _deis}
-
-
-def platform_for(name: str, session: Session) -> AppPlatform:
-    factory = PLATFORMS.get(name)
-    if factory is None:
-        raise UsageError(
-            f"environments.platform: '{name}' is not a platform; valid: {', '.join(PLATFORMS)}"
-        )
-    return factory(session)

@@ -24,15 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cidemo_infra.backups import backup
+from cidemo_infra.backups.store import BackupStore, check_name, store_for
 from cidemo_infra.console import Reporter
-from cidemo_infra.envs import backup, database, names, records
-from cidemo_infra.envs.backup_store import BackupStore, check_name, store_for
-from cidemo_infra.envs.github import PullRequests
+from cidemo_infra.databases import database
+from cidemo_infra.envs import names, records
 from cidemo_infra.envs.locks import env_lock, previews_lock
 from cidemo_infra.envs.names import Environment
-from cidemo_infra.envs.platform import AppPlatform, platform_for
 from cidemo_infra.errors import UsageError
 from cidemo_infra.lifecycle import SECRETS, Session, open_session
+from cidemo_infra.pipeline.github import PullRequests
+from cidemo_infra.platforms import platform_for
+from cidemo_infra.platforms.platform import AppPlatform
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 

@@ -29,11 +29,11 @@ import docker.types
 
 from cidemo_infra import images
 from cidemo_infra.console import Reporter
-from cidemo_infra.envs.database import connect, database_exists, execute, quote_ident
-from cidemo_infra.envs.operations import staging_database
-from cidemo_infra.envs.swarm import service_name
+from cidemo_infra.databases.database import connect, database_exists, execute, quote_ident
 from cidemo_infra.errors import UsageError
+from cidemo_infra.pipeline.operations import staging_database
 from cidemo_infra.placement.specs import apps_domain, has_router
+from cidemo_infra.platforms.swarm import service_name
 from cidemo_infra.site import load_site
 
 REPO = Path(__file__).resolve().parents[1]

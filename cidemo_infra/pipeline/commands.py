@@ -13,10 +13,9 @@ import os
 
 import click
 
+from cidemo_infra.backups.store import check_name
 from cidemo_infra.console import Reporter
-from cidemo_infra.envs import names, operations
-from cidemo_infra.envs.backup_store import check_name
-from cidemo_infra.envs.github import REPO_ENV, PullRequests
+from cidemo_infra.envs import names
 from cidemo_infra.envs.names import Environment
 from cidemo_infra.errors import UsageError
 from cidemo_infra.options import (
@@ -29,6 +28,8 @@ from cidemo_infra.options import (
     state_option,
     yes_option,
 )
+from cidemo_infra.pipeline import operations
+from cidemo_infra.pipeline.github import REPO_ENV, PullRequests
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 

@@ -23,7 +23,8 @@ from typing import Any
 import docker
 import yaml
 
-from cidemo_infra import bench_clone, bench_envs
+from cidemo_infra.bench import clone as bench_clone
+from cidemo_infra.bench import envs as bench_envs
 from cidemo_infra.console import Reporter
 from cidemo_infra.galera.member import member_status
 

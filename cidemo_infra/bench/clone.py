@@ -28,7 +28,7 @@ from typing import Any
 
 import docker
 
-from cidemo_infra.envs.database import (
+from cidemo_infra.databases.database import (
     clone_database,
     connect,
     execute,

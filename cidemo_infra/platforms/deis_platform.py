@@ -14,12 +14,12 @@ import os
 from collections.abc import Mapping
 
 from cidemo_infra.envs import records
-from cidemo_infra.envs.deis import DeisClient, DeisError
 from cidemo_infra.envs.names import Environment
-from cidemo_infra.envs.platform import Deployment
 from cidemo_infra.errors import UsageError
 from cidemo_infra.lifecycle import Session
 from cidemo_infra.placement.specs import PROXY_RW_PORT, apps_domain
+from cidemo_infra.platforms.deis import DeisClient, DeisError
+from cidemo_infra.platforms.platform import Deployment
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from cidemo_infra.envs import backup
-from cidemo_infra.envs.backup import BackupError
+from cidemo_infra.backups import backup
+from cidemo_infra.backups.backup import BackupError
 from cidemo_infra.errors import UsageError
 
 if TYPE_CHECKING:

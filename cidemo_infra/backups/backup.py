@@ -35,7 +35,7 @@ from typing import IO, Any
 import pymysql
 import pymysql.cursors
 
-from cidemo_infra.envs.database import (
+from cidemo_infra.databases.database import (
     Table,
     database_exists,
     execute,
