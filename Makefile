@@ -125,7 +125,7 @@ lint: venv
 	$(BIN)/ruff format --check cidemo_infra tests
 	$(BIN)/mypy
 	tf_env=$$(bash scripts/terraform-tools.sh --binary) && env $$tf_env \
-	  sh -c '"$${TF_BINARY:-terraform}" fmt -check -recursive terraform/'
+	  sh -c '"$${TF_BINARY:-terraform}" fmt -check -recursive cidemo_infra/data/terraform/'
 
 bench: venv host
 	$(BIN)/python -m cidemo_infra.bench
