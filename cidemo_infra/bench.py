@@ -25,6 +25,7 @@ import yaml
 
 from cidemo_infra import bench_clone, bench_envs
 from cidemo_infra.console import Reporter
+from cidemo_infra.engines import client_for
 from cidemo_infra.galera.member import member_status
 
 BENCH_SITE = {
@@ -220,7 +221,7 @@ def _section(
 
 def main() -> None:
     reporter = Reporter()
-    client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    client = client_for("unix:///var/run/docker.sock", node="local")
     work = Path(tempfile.mkdtemp(prefix="cidemo-bench-"))
     site = work / "bench.yaml"
     site.write_text(yaml.safe_dump(BENCH_SITE))

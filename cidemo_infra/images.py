@@ -17,6 +17,7 @@ import docker.errors
 
 from cidemo_infra.console import Reporter
 from cidemo_infra.data import IMAGES as IMAGES_DIR
+from cidemo_infra.engines import client_for
 from cidemo_infra.errors import EngineError, UsageError
 
 PROJECT_PREFIX = "project:"
@@ -84,7 +85,7 @@ def base_image(client: docker.DockerClient, reporter: Reporter) -> str:
     except docker.errors.APIError:
         pass
     # debootstrap imports into this machine's engine; another engine gets a copy from there
-    here = docker.DockerClient(base_url=LOCAL_ENGINE, version="1.41")
+    here = client_for(LOCAL_ENGINE, node="local")
     if not _has(here, LOCAL_BASE):
         reporter.step(
             f"no registry answers for {UPSTREAM_BASE}; building {LOCAL_BASE} with debootstrap"
