@@ -33,6 +33,9 @@ def is_project_image(ref: str) -> bool:
 
 
 def image_tag(name: str, base: str) -> str:
+    if not (IMAGES_DIR / name).is_dir():
+        # a tag of the base alone would plan every container of that image as changed
+        raise UsageError(f"project image {name!r}: no folder {IMAGES_DIR / name}")
     digest = hashlib.sha256(base.encode())
     for folder in (IMAGES_DIR / name, IMAGES_DIR / "common"):
         if not folder.is_dir():
