@@ -99,7 +99,9 @@ class Galera(_Strict):
     sst_method: Literal["rsync", "mariabackup"] = "rsync"
     ttl: int = Field(10, ge=4, le=300)
     join_timeout: int = Field(300, ge=10, le=3600)
-    image: str | None = Field(None, description="override the image built from infra/images/galera")
+    image: str | None = Field(
+        None, description="override the image built from cidemo_infra/data/images/galera"
+    )
 
 
 class Proxy(_Strict):
@@ -111,7 +113,9 @@ class Proxy(_Strict):
 
 class Jenkins(_Strict):
     enabled: bool = True
-    image: str | None = Field(None, description="default: the project's image from infra/images")
+    image: str | None = Field(
+        None, description="default: the project's image from cidemo_infra/data/images"
+    )
     port: int = Field(8080, ge=1, le=65535)
 
 
