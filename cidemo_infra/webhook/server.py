@@ -556,6 +556,7 @@ class _GuardedServer(TcpWSGIServer):
     ) -> None:
         self.request_timeout = request_timeout
         self.max_per_peer = max_per_peer
+        self._capped: set[str] = set()  # peers refused since the last maintenance (one line each)
         super().__init__(*args, **kwargs)
 
     def handle_accept(self) -> None:
@@ -570,7 +571,9 @@ class _GuardedServer(TcpWSGIServer):
         peer = addr[0] if isinstance(addr, tuple) else addr
         held = sum(1 for c in self.active_channels.values() if c.addr and c.addr[0] == peer)
         if held >= self.max_per_peer:
-            log.warning("peer %s holds %d connections already: one more closed", peer, held)
+            if peer not in self._capped:
+                self._capped.add(peer)
+                log.warning("peer %s holds %d connections: closing its new ones", peer, held)
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
@@ -579,6 +582,7 @@ class _GuardedServer(TcpWSGIServer):
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)
+        self._capped.clear()
         cutoff = now - self.request_timeout
         for channel in self.active_channels.values():
             # `requests` holds complete requests being answered; a partial one does not count
