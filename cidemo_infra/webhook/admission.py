@@ -2,7 +2,8 @@
 
 - A fork's pull request deploys on the label only when the label's sender has write access to
   the repository: listed in `environments.authorized_logins`, or so says GitHub's collaborator
-  permission API (`Collaborators`). Unknown (no token, GitHub silent) is no.
+  permission API (`Collaborators`). No token is no; GitHub not answering raises `AccessUnknown`
+  (the server answers 503 and forgets the delivery, so that GitHub's redelivery can succeed).
 - The replay rule for pushes that deploy (staging and production branches): each admitted
   push's `after` is recorded per branch. A push whose `after` an earlier push to that branch
   already delivered, and which is not the branch's latest, is a replayed capture or a rollback by
@@ -37,6 +38,10 @@ from cidemo_infra.webhook.events import (
 PUSH_LOG_SIZE = 10_000
 
 log = logging.getLogger("cidemo.webhook")
+
+
+class AccessUnknown(Exception):
+    """GitHub did not say whether the sender may write: neither admitted nor refused."""
 
 
 class WriteAccess(Protocol):
@@ -166,7 +171,8 @@ class Admission:
         return Refused(f"{refused}; it is forced, but by '{login}', {why}")
 
     def may_write(self, repo: str, login: str) -> tuple[bool, str]:
-        """(True, "") when `login` may write to `repo`, else (False, why not)."""
+        """(True, "") when `login` may write to `repo`, else (False, why not); AccessUnknown
+        when GitHub was asked and did not answer."""
         if login in self.settings.authorized_logins:
             return True, ""
         if self.access is None:
@@ -176,7 +182,7 @@ class Admission:
             )
         answer = self.access.has_write_access(repo, login)
         if answer is None:
-            return False, f"whose write access to {repo} GitHub did not confirm (no answer)"
+            raise AccessUnknown(f"GitHub did not say whether '{login}' may write to {repo}")
         if not answer:
             return False, f"who has no write access to {repo}"
         return True, ""

@@ -6,13 +6,15 @@ with its own request-size limit, which suits a small synchronous endpoint in fro
 A request goes through, in order: path (404), method (405), size (413: a body is bounded before
 it is read), signature over the raw body (401), content type (415), GitHub's headers (400), the
 delivery log (200 "duplicate delivery"), JSON and the event mapping (400), then 202: queued, or
-ignored with the reason (503 when the queue is full). A request without the right signature gets
-401 whatever else is wrong with it. Nothing is parsed before the signature matched and nothing
-is queued twice. Before queueing, `admission` refuses what the delivery may not have (a label
-without write access, a replayed push): 202 with the reason. Workers run the intents through an
-`IntentExecutor`; intents of one pull request run one at a time in arrival order. Each request is
-logged on one line: delivery id, event, action, verdict. Bodies and secrets are never logged.
-Commit statuses say only what happened; why a deploy failed is in the log, under a reference id.
+ignored with the reason (503 when the queue is full or GitHub did not answer whether the sender
+may write; the delivery is then forgotten, so its redelivery can succeed). A request without
+the right signature gets 401 whatever else is wrong with it. Nothing is parsed before the
+signature matched and nothing is queued twice. Before queueing, `admission` refuses what the
+delivery may not have (a label without write access, a replayed push): 202 with the reason.
+Workers run the intents through an `IntentExecutor`; intents of one pull request run one at a
+time in arrival order. Each request is logged on one line: delivery id, event, action, verdict.
+Bodies and secrets are never logged. Commit statuses say only what happened; why a deploy
+failed is in the log, under a reference id.
 
 Slow clients cannot hold the server: a connection must finish its request within
 `request_timeout` seconds of opening (idle ones go after `idle_timeout`), one peer address holds
@@ -43,7 +45,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
 from cidemo_infra.webhook import signature
-from cidemo_infra.webhook.admission import Admission, PushLog, WriteAccess
+from cidemo_infra.webhook.admission import AccessUnknown, Admission, PushLog, WriteAccess
 from cidemo_infra.webhook.events import (
     DeliverySettings,
     ExecutionResult,
@@ -394,6 +396,9 @@ class WebhookApp:
         except PayloadError as exc:
             line["verdict"] = f"bad payload: {exc}"
             return 400, f"bad payload: {exc}"
+        except AccessUnknown as exc:
+            line["verdict"] = f"unanswered: {exc}"
+            return 503, "could not check the sender's write access; GitHub may redeliver later"
         if event == "ping":
             line["verdict"] = "pong"
             return 200, "pong"

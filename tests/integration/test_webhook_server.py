@@ -938,7 +938,6 @@ def labeled_by(sender: str) -> bytes:
         ("read", "refused"),
         ("triage", "refused"),
         (None, "refused"),  # not a collaborator: GitHub answers 404
-        ("fail", "refused"),  # GitHub answers 502: unknown is no
     ],
 )
 def test_fork_label_deploys_only_when_its_sender_may_write(
@@ -948,10 +947,7 @@ def test_fork_label_deploys_only_when_its_sender_may_write(
     permission: str | None,
     expected: str,
 ) -> None:
-    if permission == "fail":
-        github.permissions["mallory"] = "admin"
-        github.fail_next = 5
-    elif permission is not None:
+    if permission is not None:
         github.permissions["mallory"] = permission
     body = labeled_by("mallory")
     delivery = str(uuid.uuid4())
@@ -968,6 +964,27 @@ def test_fork_label_deploys_only_when_its_sender_may_write(
         assert "label 'safe-to-deploy' added by 'mallory'" in text
         assert executor.intents() == []
         assert [d for d, _ in server.pushes.refusals()] == [delivery]
+
+
+def test_fork_label_is_answered_503_and_forgotten_when_github_does_not_say(
+    server: WebhookServer, executor: RecordingExecutor, github: RecordingGitHub
+) -> None:
+    github.permissions["mallory"] = "write"
+    github.fail_next = 1  # the permission question gets a 502
+    body = labeled_by("mallory")
+    delivery = str(uuid.uuid4())
+    status, text = send(server, body, signed(body, "pull_request", delivery))
+    assert (status, text) == (
+        503,
+        "could not check the sender's write access; GitHub may redeliver later",
+    )
+    assert server.wait_idle(5)
+    assert executor.intents() == []
+    assert delivery not in server.deliveries
+    # GitHub's "Redeliver": the same delivery id, and this time the question is answered
+    assert send(server, body, signed(body, "pull_request", delivery))[0] == 202
+    assert server.wait_idle(5)
+    assert executor.intents() == [PreviewUp(14, HEAD, "octocat/ci-demo", True)]
 
 
 @pytest.mark.parametrize("listed", [True, False])
