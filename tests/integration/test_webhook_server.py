@@ -762,13 +762,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_runs_logs_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """Through the `cidemo` entry point, whose logging setup once silenced the server."""
+def test_serve_runs_logs_answers_and_stops_on_sigterm(
+    tmp_path: Path, github: RecordingGitHub
+) -> None:
+    """Through the `cidemo` entry point, whose logging setup once silenced the server; GitHub's
+    stand-in is named by CIDEMO_GITHUB_API and asked about a label's sender."""
     state = tmp_path / "state"
     (state / "secrets").mkdir(parents=True)
     (state / "secrets" / "webhook_secret").write_text(SECRET + "\n")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIDEMO_")}
+    env |= {"CIDEMO_GITHUB_API": github.url, "CIDEMO_GITHUB_TOKEN": TOKEN}
+    github.permissions["mallory"] = "read"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -812,6 +817,12 @@ def test_serve_runs_logs_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
         conn.request("POST", "/github", body=push, headers=signed(push, "push", delivery))
         assert conn.getresponse().status == 202
         conn.close()
+        label = labeled_by("mallory")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/github", body=label, headers=signed(label, "pull_request"))
+        response = conn.getresponse()
+        refused = (response.status, response.read().decode())
+        conn.close()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     finally:
@@ -822,6 +833,12 @@ def test_serve_runs_logs_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert f"on http://127.0.0.1:{port}/github" in err
     assert "verdict=pong" in err
     assert f"delivery={delivery} event=push action=- verdict=ignored: repository someone" in err
+    assert refused[0] == 202 and "added by 'mallory', who has no write access" in refused[1]
+    assert [r.path for r in github.permission_checks()] == [
+        f"/repos/{REPOSITORY}/collaborators/mallory/permission"
+    ]
+    assert "refused: pull request #14" in err
+    assert TOKEN not in err
     for secret_or_body in (SECRET, "Merge pull request", other["head_commit"]["message"]):
         assert secret_or_body not in err
 
