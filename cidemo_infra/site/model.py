@@ -134,6 +134,7 @@ class Services(_Strict):
 
 AppName = Annotated[str, StringConstraints(pattern=r"^[a-z]([a-z0-9-]{0,20}[a-z0-9])?$")]
 Branch = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{1,100}$")]
+RepoName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9_.-]{1,100}$")]
 
 
 class Environments(_Strict):
@@ -156,6 +157,11 @@ class Environments(_Strict):
         Field(default_factory=list)
     )
     fork_label: str = "safe-to-deploy"
+    repository: RepoName | None = Field(
+        None,
+        description="owner/name of the GitHub repository whose events deploy; required by "
+        "`cidemo webhook serve`, events of other repositories change nothing",
+    )
     backup_dir: str | None = Field(None, description="default: <state dir>/backups")
     backup_container: str | None = Field(
         None,

@@ -251,6 +251,7 @@ def site(
             "router_port": free_port(),
             "max_previews": 2,
             "preview_ttl_hours": 24,
+            "repository": "paulczar/ci-demo",  # the fixtures' repository
         },
     )
     try:
@@ -293,6 +294,7 @@ def envs(site: TestSite) -> Iterator[Env]:
     port = free_port()
     log = (site.state / "webhook.log").open("w")
     github = RecordingGitHub().__enter__()
+    github.permissions["paulczar"] = "admin"  # the fixtures' maintainer, who labels fork PRs
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIDEMO_GITHUB")}
     env |= {"CIDEMO_GITHUB_API": github.url, "CIDEMO_GITHUB_TOKEN": GITHUB_TOKEN}
     server = subprocess.Popen(
