@@ -218,8 +218,8 @@ def test_fork_by_a_collaborator_does_not_start_a_preview(jobs: dict[str, ET.Elem
     assert _would_trigger(jobs["cidemo-pr-preview"], "pull_request", payload)
 
 
-# The plugin that provides each class the job XML names (Jenkins core's own: hudson.model,
-# hudson.tasks, hudson.scm.NullSCM, jenkins.model). Any other class fails the test below until added.
+# The plugin that provides each class the job XML names; Jenkins core's own classes are
+# CORE_CLASSES. Any other class fails the test below until it is added here.
 PLUGIN_OF_CLASS = {
     "org.jenkinsci.plugins.gwt.": "generic-webhook-trigger",
     "org.jenkinsci.plugins.credentialsbinding.": "credentials-binding",
