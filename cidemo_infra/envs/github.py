@@ -23,6 +23,11 @@ _FULL_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 log = logging.getLogger("cidemo.envs.github")
 
 
+def valid_repo(repo: str) -> bool:
+    """`owner/name`, as GitHub spells a repository's full name."""
+    return bool(_FULL_NAME.match(repo))
+
+
 class PullRequests:
     def __init__(self, token: str, api_url: str = DEFAULT_API) -> None:
         self.api_url = api_url.rstrip("/")

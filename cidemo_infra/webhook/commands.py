@@ -114,12 +114,17 @@ def serve(
     """Serve POST /github until SIGTERM or SIGINT, then drain the queue."""
     host, port = parse_listen(listen)
     site, state = load_site_and_state(site_path, state_dir)
-    state.ensure()
+    if "environments" not in site.model_fields_set:
+        raise BadUsage(
+            f"site '{site.name}' has no environments section: there is nothing for webhooks "
+            "to deploy; add one and run cidemo provision"
+        )
     secret = webhook_secret(state)
     try:
         statuses = CommitStatusClient.from_env()
     except StatusError as exc:
         raise BadUsage(str(exc)) from None
+    state.ensure()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if statuses is None:
         log.warning("%s is not set: commit statuses will not be posted", TOKEN_ENV)
