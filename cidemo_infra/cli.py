@@ -189,14 +189,23 @@ def status(obj: Context, site_path: str, state_dir: str | None, as_json: bool) -
     site, state = load_site_and_state(site_path, state_dir)
     rows = lifecycle.status(site, state)
     envs: list[dict[str, str]] | None = None
+    unlisted = ""  # why the environments could not be listed; the containers still are
     if "environments" in site.model_fields_set:
-        with operations.open_envs(site, state, obj.reporter) as ctx:
-            envs = [r.as_dict() for r in operations.list_envs(ctx)]
+        try:
+            with operations.open_envs(site, state, obj.reporter) as ctx:
+                envs = [r.as_dict() for r in operations.list_envs(ctx)]
+        except CidemoError as exc:
+            unlisted = str(exc)
     if as_json:
-        click.echo(json.dumps({"containers": rows, "environments": envs}, indent=2))
+        out: dict[str, object] = {"containers": rows, "environments": envs}
+        if unlisted:
+            out["environments_error"] = unlisted
+        click.echo(json.dumps(out, indent=2))
         return
     headers = ["node", "role", "container", "state", "image"]
     obj.reporter.table(headers, [[r[h] for h in headers] for r in rows])
+    if unlisted:
+        obj.reporter.line(f"environments: not listed: {unlisted}")
     if envs is None:
         return
     if not envs:
