@@ -8,12 +8,12 @@ CIDEMO := $(BIN)/cidemo
 SITE ?= infra/sites/local.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision destroy smoke render plan status recover images base-image \
+.PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision demo destroy smoke render plan status recover images base-image \
         test test-unit test-integration lint wheel-check bench clean \
         env-up env-down env-list env-promote env-gc env-refresh-staging env-backups
 
 help:
-	@echo "make provision | destroy | smoke | render | plan | status | recover | images | base-image"
+	@echo "make provision | demo | destroy | smoke | render | plan | status | recover | images | base-image"
 	@echo "make test | lint | wheel-check | bench | terraform-tools          (SITE=$(SITE))"
 	@echo "make cloud-lab | cloud-lab-down    (the test OpenStack whose servers boot as lab nodes)"
 	@echo "make env-up PR=<n>|ENV=staging|ENV=production REF=<sha> [IMAGE=<image>] [FORK=1]"
@@ -58,6 +58,11 @@ provision: venv host
 
 destroy: venv host
 	$(site_tf) $(CIDEMO) destroy --site $(SITE)
+
+# After `make provision`: staging and the preview of PR 1 of the site's app, their URLs and a curl
+# showing each on its own database (the site needs environments.build, as local.yaml has).
+demo: venv host
+	bash scripts/demo.sh $(CIDEMO) $(SITE)
 
 smoke: venv host
 	$(CIDEMO) smoke --site $(SITE)

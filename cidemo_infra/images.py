@@ -120,11 +120,13 @@ def ensure_images(
     needs it (`needs`: engine -> image names); returns name -> tag."""
     engines = list(clients.items())
     first_name, first = engines[0]
-    base = base_image(first, reporter)
-    tags: dict[str, str] = {}
-    for name in sorted({n for names in needs.values() for n in names}):
+    wanted = sorted({n for names in needs.values() for n in names})
+    for name in wanted:  # all checked before the first build
         if not (IMAGES_DIR / name / "Dockerfile").is_file():
             raise UsageError(f"project image {name!r}: no {IMAGES_DIR / name / 'Dockerfile'}")
+    base = base_image(first, reporter)
+    tags: dict[str, str] = {}
+    for name in wanted:
         parent = _OWN_BASE.get(name) or base
         tag = image_tag(name, parent)
         if not _has(first, tag):

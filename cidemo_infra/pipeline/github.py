@@ -31,6 +31,11 @@ WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
 log = logging.getLogger("cidemo.envs.github")
 
 
+def valid_repo(repo: str) -> bool:
+    """`owner/name`, as GitHub spells a repository's full name."""
+    return bool(_FULL_NAME.match(repo))
+
+
 class ApiUrlError(UsageError):
     """`CIDEMO_GITHUB_API` would carry the token in clear, or is not a URL (exit 2)."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import string
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
@@ -174,6 +175,13 @@ class Environments(_Strict):
     app_env: dict[str, str] = Field(
         default_factory=dict, description="non-secret settings given to every environment"
     )
+    build: str | None = Field(
+        None,
+        min_length=1,
+        description="local target: the app's source directory (a Dockerfile), relative to the "
+        "site file; provision builds `image` for a ref hashed from its files, and `env up` "
+        "without --ref runs it",
+    )
 
 
 class Timeouts(_Strict):
@@ -287,6 +295,21 @@ def semantic_problems(site: Site) -> list[str]:
         problems.append(
             "environments.deis_controller: required when environments.platform is 'deis' "
             "(the controller's URL, e.g. https://deis.example.com)"
+        )
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(envs.image) if f is not None}
+    except ValueError:
+        fields = {"(unbalanced braces)"}
+    unknown = sorted(fields - {"app", "sha"})
+    if unknown:
+        problems.append(
+            f"environments.image: '{envs.image}' has the unknown placeholder {{{unknown[0]}}}; "
+            "valid: {app}, {sha}"
+        )
+    if envs.build and site.target != "local":
+        problems.append(
+            "environments.build: only for target local (a cloud runs images from a registry; "
+            "build and push them in the app's CI)"
         )
     container = envs.backup_container
     if container and ("/" in container or len(container.encode()) > 256):

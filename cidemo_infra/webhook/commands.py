@@ -134,19 +134,24 @@ def serve(
     """Serve POST /github until SIGTERM or SIGINT, then drain the queue."""
     host, port = parse_listen(listen)
     site, state = load_site_and_state(site_path, state_dir)
+    if "environments" not in site.model_fields_set:
+        raise BadUsage(
+            f"site '{site.name}' has no environments section: there is nothing for webhooks "
+            "to deploy; add one and run cidemo provision"
+        )
     settings = delivery_settings(site)
     if not settings.repository:
         raise BadUsage(
             f"{site_path}: environments.repository: required by `webhook serve`: the "
             "owner/name of the GitHub repository whose events deploy (e.g. paulczar/ci-demo)"
         )
-    state.ensure()
     secret = webhook_secret(state)
     try:
         statuses = CommitStatusClient.from_env()
         access = Collaborators.from_env()
     except (StatusError, ApiUrlError) as exc:
         raise BadUsage(str(exc)) from None
+    state.ensure()
     log_to_stderr()
     if statuses is None:
         log.warning(

@@ -715,7 +715,8 @@ def test_refresh_staging_through_object_storage(
     missing = envs.cli(
         "refresh-staging", "--yes", "--from", "guestbook-20000101T000000Z", site=site_file
     )
-    assert missing.rc == 1 and "no such complete backup" in missing.err, missing.err
+    # a backup that is not in the store is refused before anything is locked or fetched
+    assert missing.rc == 2 and "no such complete backup" in missing.err, missing.err
     assert envs.rows("stage_guestbook") == refreshed
 
 

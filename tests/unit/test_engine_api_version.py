@@ -64,7 +64,7 @@ def test_cidemo_status_runs_against_engine_29(engine29, cidemo, tmp_path: Path) 
         str(tmp_path / "state"),
     )
     assert result.rc == 0, result.err
-    assert json.loads(result.out) == []
+    assert json.loads(result.out) == {"containers": [], "environments": None}
     assert any(p.startswith("/v1.44/containers/json") for _, p in engine29.requests)
     assert not [p for _, p in engine29.requests if p.startswith("/v1.4") and "/v1.44/" not in p]
 
