@@ -749,6 +749,9 @@ def test_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
 def bound_site(tmp_path: Path, repository: str | None = REPOSITORY) -> Path:
     """infra/sites/local.yaml with `environments.repository` set (or left out: None)."""
     data = yaml.safe_load((SITES / "local.yaml").read_text())
+    envs = data.get("environments") or {}
+    if "build" in envs:  # relative to the site file, which moves
+        envs["build"] = str((SITES / envs["build"]).resolve())
     if repository is not None:
         data.setdefault("environments", {})["repository"] = repository
     path = tmp_path / "site.yaml"
