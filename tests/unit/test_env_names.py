@@ -17,7 +17,7 @@ from cidemo_infra.console import Reporter
 from cidemo_infra.envs import names, records
 from cidemo_infra.envs.locks import env_lock, previews_lock
 from cidemo_infra.envs.names import CapacityError, Environment
-from cidemo_infra.errors import EXIT_FAILED, EXIT_USAGE, LockError, UsageError
+from cidemo_infra.errors import EXIT_FAILED, EXIT_USAGE, LockError, SiteError, UsageError
 from cidemo_infra.pipeline.operations import EnvContext, app_settings, database_of, gc
 from cidemo_infra.placement.specs import desired_specs, image_refs
 from cidemo_infra.platforms import PLATFORMS, platform_for
@@ -77,6 +77,40 @@ def test_databases_of_environments() -> None:
     assert database_of(names.preview(7, "guestbook")) == "pr_7"
     assert database_of(names.staging("guestbook")) == "stage_guestbook"
     assert database_of(names.production("guestbook")) == "guestbook"
+
+
+@pytest.mark.parametrize(
+    ("app", "clash"),
+    [
+        ("pr-5", "named like an environment"),  # production's database would be PR 5's pr_5
+        ("pr-12-blog", "named like an environment"),  # production: PR 12 of app blog
+        ("stage-blog", "named like an environment"),  # production: staging of app blog
+        ("mysql", "one of MariaDB's own"),
+        ("information-schema", "one of MariaDB's own"),
+        ("performance-schema", "one of MariaDB's own"),
+        ("sys", "one of MariaDB's own"),
+    ],
+)
+def test_an_app_named_like_an_environment_or_system_database_is_refused(
+    app: str, clash: str, tmp_path: Path, cidemo
+) -> None:
+    with pytest.raises(SiteError) as caught:
+        site_of(app=app)
+    assert f"unit.yaml: environments.app: '{app}' " in str(caught.value)
+    assert clash in str(caught.value) and caught.value.exit_code == EXIT_USAGE
+    if app == "pr-5":  # through the CLI: one line, exit 2, nothing written
+        path = tmp_path / "site.yaml"
+        path.write_text(f"name: unit\nenvironments:\n  app: {app}\n")
+        result = cidemo("env", "list", "--site", str(path), "--state-dir", str(tmp_path / "st"))
+        lines = [line for line in result.err.splitlines() if line.strip()]
+        assert result.rc == EXIT_USAGE and len(lines) == 1, result.err
+        assert "environments.app: 'pr-5' is named like an environment" in lines[0]
+        assert not (tmp_path / "st").exists()
+
+
+@pytest.mark.parametrize("app", ["ghost", "pr", "stage", "prod-5", "pr5", "mysql-blog", "sys2"])
+def test_apps_that_collide_with_nothing_are_accepted(app: str) -> None:
+    assert site_of(app=app).environments.app == app
 
 
 def test_image_template_replaces_app_and_sha() -> None:
