@@ -621,6 +621,46 @@ def test_refresh_staging_restores_production_into_staging(envs: Env) -> None:
         30,
     )
     assert [e["message"] for e in page["entries"]] == production
+    assert (envs.site.state / "secrets" / "backup_key").stat().st_mode & 0o777 == 0o600
+
+
+def one_error_line(result: Run) -> str:
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    return lines[0]
+
+
+def test_refresh_staging_refuses_a_tampered_or_unauthenticated_backup(envs: Env) -> None:
+    """Through the command: the stored backup with a row and its checksum changed fails its
+    authentication; a format-1 backup restores only with --allow-unauthenticated."""
+    (stored,) = (envs.site.state / "backups").iterdir()
+    manifest_file = stored / "manifest.json"
+    original = manifest_file.read_bytes()
+    staged = envs.rows("stage_guestbook")
+    manifest = json.loads(original)
+    manifest["tables"][0]["checksum"] = "0" * 64  # what a changed row would need
+    manifest_file.write_text(json.dumps(manifest))
+    tampered = envs.cli("refresh-staging", "--yes", "--from", stored.name)
+    assert tampered.rc == 1
+    assert "manifest.json: authentication failed" in one_error_line(tampered)
+    assert envs.rows("stage_guestbook") == staged
+
+    legacy = json.loads(original)
+    legacy["format"] = 1
+    for key in ("key_id", "hmac_sha256"):
+        del legacy[key]
+    for table in legacy["tables"]:
+        table.pop("bytes")
+    manifest_file.write_text(json.dumps(legacy))
+    refused = envs.cli("refresh-staging", "--yes", "--from", stored.name)
+    assert refused.rc == 1
+    assert "format 1, made before backups were authenticated" in one_error_line(refused)
+    alone = envs.cli("refresh-staging", "--yes", "--allow-unauthenticated")
+    assert alone.rc == 2 and "only with --from NAME" in one_error_line(alone)
+    allowed = envs.cli("refresh-staging", "--yes", "--from", stored.name, "--allow-unauthenticated")
+    assert allowed.rc == 0, allowed.err
+    assert envs.rows("stage_guestbook") == staged
+    manifest_file.write_bytes(original)
 
 
 def object_storage_cloud() -> str:
