@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -433,6 +435,52 @@ def test_synchronize_runs_the_new_commit_on_the_same_database(
     )
     assert [e["message"] for e in page["entries"]] == [*STAGE_ROWS, "written in the preview"]
     assert service_image(engine, envs.site, env) == f"cidemo/guestbook:{SHA_B}"
+
+
+def public_secret_name(site: str, env: str, key: str, value: str) -> str:
+    """Swarm secret names before: an HMAC keyed with what the secret's labels show."""
+    digest = hmac.new(f"{site}/{env}/{key}".encode(), value.encode(), hashlib.sha256)
+    return f"cidemo-{site}-{digest.hexdigest()[:20]}"
+
+
+def secret_names(engine: docker.DockerClient, site: TestSite, env: str) -> dict[str, str]:
+    flt = {"label": [f"io.cidemo.site={site.name}", f"io.cidemo.env={env}"]}
+    return {
+        s["Spec"]["Name"]: s["Spec"]["Labels"]["io.cidemo.secret"]
+        for s in engine.api.secrets(filters=flt)
+    }
+
+
+def test_secret_names_reveal_nothing_and_can_change_under_a_running_preview(
+    engine: docker.DockerClient, envs: Env
+) -> None:
+    env = f"pr-{PR_ONE}-{APP}"
+    values = {
+        "DB_PASS": envs.site.secret(f"app-db-{env}"),
+        APP_SECRET: envs.site.secret(f"app/{APP_SECRET}"),
+    }
+    before = secret_names(engine, envs.site, env)
+    assert sorted(before.values()) == sorted(values)
+    # `docker secret ls` and the labels give site, env and key: a right guess used to match
+    for name, key in before.items():
+        assert name != public_secret_name(envs.site.name, env, key, values[key])
+
+    # names made under another key (or an earlier version's scheme) roll the running preview
+    # onto new secrets on the next up, and the old ones go
+    (envs.site.state / "secrets" / "swarm_secret_names").unlink()
+    for _ in range(3):  # a secret a stopping task still holds goes with a later up
+        result = envs.cli("up", "--pr", str(PR_ONE), "--ref", SHA_B)
+        assert result.rc == 0, result.err
+        if not set(before) & set(secret_names(engine, envs.site, env)):
+            break
+    after = secret_names(engine, envs.site, env)
+    assert sorted(after.values()) == sorted(values) and not set(after) & set(before)
+    spec = service(engine, envs.site, env)
+    assert spec is not None
+    mounted = spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]
+    assert {m["SecretName"] for m in mounted} == set(after)
+    page = wait_for(f"{env} serving with its new secrets", lambda: envs.serving(env, SHA_B))
+    assert [e["message"] for e in page["entries"]] == [*STAGE_ROWS, "written in the preview"]
 
 
 def test_a_replayed_delivery_does_nothing(engine: docker.DockerClient, envs: Env) -> None:

@@ -5,7 +5,10 @@ fixtures (tests/data/deis, NOT a Deis controller)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import multiprocessing
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,15 +222,36 @@ def test_service_spec_carries_secret_files_never_values() -> None:
     site = site_of(app="guestbook")
     env = names.preview(4, "guestbook")
     value = "s3cret-value-never-in-a-spec"
-    mount = SecretMount("DB_PASS", secret_name(site.name, env.name, "DB_PASS", value))
+    mount = SecretMount("DB_PASS", secret_name(site.name, env.name, "DB_PASS", value, KEY))
     spec = service_spec(site, env, "cidemo/guestbook:1", {"URL": "http://x"}, (mount,))
     assert spec.name == "cidemo-unit-app-pr-4-guestbook"
     assert "DB_PASS_FILE=/run/secrets/db_pass" in spec.env_list()
     assert not any("DB_PASS=" in e for e in spec.env_list())
     assert value not in repr(spec) and value not in str(spec.labels)
-    assert mount.name != secret_name(site.name, env.name, "DB_PASS", value + "x")
+    assert mount.name != secret_name(site.name, env.name, "DB_PASS", value + "x", KEY)
     assert spec.labels["io.cidemo.env"] == "pr-4-guestbook"
     assert route_key("/p", env.name) == "/p/services/apps/pr-4-guestbook"
+
+
+KEY = b"n" * 43  # the site's secrets/swarm_secret_names
+
+
+def public_name(site: str, env: str, key: str, value: str) -> str:
+    """The names before: an HMAC keyed with `site/env/key`, which the secret's labels show."""
+    digest = hmac.new(f"{site}/{env}/{key}".encode(), value.encode(), hashlib.sha256)
+    return f"cidemo-{site}-{digest.hexdigest()[:20]}"
+
+
+def test_a_secret_name_cannot_be_matched_to_a_guessed_value_without_the_site_key() -> None:
+    """From `docker secret ls` and the labels (site, env, key) one could test guesses of a
+    low-entropy value offline; under the site's own key the name tells nothing."""
+    name = secret_name("unit", "pr-4-guestbook", "S3_ACCESS_KEY", "hunter2", KEY)
+    guesses = ["hunter2", "password", "123456", "s3cret"]
+    assert name not in {public_name("unit", "pr-4-guestbook", "S3_ACCESS_KEY", g) for g in guesses}
+    assert name == secret_name("unit", "pr-4-guestbook", "S3_ACCESS_KEY", "hunter2", KEY)
+    assert name != secret_name("unit", "pr-4-guestbook", "S3_ACCESS_KEY", "hunter2", b"o" * 43)
+    assert name != secret_name("unit", "pr-5-guestbook", "S3_ACCESS_KEY", "hunter2", KEY)
+    assert re.fullmatch(r"cidemo-unit-[0-9a-f]{20}", name)
 
 
 def test_service_names_must_fit_a_dns_label() -> None:
