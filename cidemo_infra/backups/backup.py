@@ -510,7 +510,7 @@ def _read_manifest(path: Path, key: bytes, allow_unauthenticated: bool) -> Manif
     if len(set(names)) != len(names):
         raise BackupError(f"{file}: a table is listed twice")
     for t in manifest.tables:
-        if t.rows < 0 or not re.fullmatch(r"[0-9a-f]{64}", t.checksum):
+        if t.rows < 0 or not re.fullmatch(f"[0-9a-f]{{{CHECKSUM_LENGTH}}}", t.checksum):
             raise BackupError(f"{file}: table {t.name!r:.80} has a bad row count or checksum")
     made_as = _backup_name(manifest)
     if made_as != path.name:
@@ -531,7 +531,7 @@ def _authenticate(file: Path, data: dict[str, Any], key: bytes) -> None:
             f"{file}: authenticated with another key (key id {found[:16]!r}, this site's is "
             f"{key_id(key)!r}): made by another site, or before secrets/{KEY_SECRET} changed"
         )
-    if not hmac.compare_digest(mac, manifest_mac(data, key)):
+    if not hmac.compare_digest(mac.encode(), manifest_mac(data, key).encode()):
         raise BackupError(
             f"{file}: authentication failed: the manifest was changed after the backup was made"
         )

@@ -447,6 +447,13 @@ def test_a_manifest_without_authentication_is_refused(good: Path) -> None:
         verify_backup(good, KEY)
 
 
+@pytest.mark.parametrize("mac", ["0" * 64, "é" * 64, ""])
+def test_a_forged_mac_fails_authentication(good: Path, mac: str) -> None:
+    rewrite(good, lambda m: m.update(hmac_sha256=mac))
+    with pytest.raises(BackupError, match="authentication failed"):
+        verify_backup(good, KEY)
+
+
 def test_a_renamed_backup_is_refused(good: Path) -> None:
     renamed = good.with_name("production-20990101T000000Z")
     good.rename(renamed)
