@@ -106,7 +106,7 @@ def _tokens(create: str) -> list[_Token]:
             raise DdlError(f"{create[pos : pos + 1]!r} is not part of a plain table definition")
         kind = match.lastgroup or ""
         text = match.group()
-        if kind == "punct" and text in "-/" and create[match.end() : match.end() + 1] in "-*":
+        if kind == "punct" and create[pos : pos + 2] in ("--", "/*"):
             raise DdlError("comments are not part of a plain table definition")
         if kind != "space":
             found.append(_Token(kind, text))

@@ -650,6 +650,7 @@ REAL_CREATE = (  # MariaDB 10.11's SHOW CREATE TABLE of a table with most of wha
 
 def test_a_plain_create_table_passes() -> None:
     check_create_table(REAL_CREATE, "posts")
+    check_create_table(REAL_CREATE.replace("`price` >= 0", "`price` / -1 <= 0 - 0"), "posts")
     check_create_table(PLAIN.format("`odd``name%`"), "odd`name%")
 
 
