@@ -35,6 +35,7 @@ from cidemo_infra.databases.database import (
     fetch_rows,
     quote_ident,
 )
+from cidemo_infra.engines import client_for
 from cidemo_infra.galera.member import run_sql
 from cidemo_infra.placement.specs import PROXY_RW_PORT
 
@@ -77,7 +78,7 @@ def run(rw: tuple[str, int], password: str) -> tuple[list[list[str]], list[str]]
     floor of any server-side copy (one `INSERT ... SELECT` of the whole table); and one summary
     line per size ("N x faster"). Every database and container it made is removed again."""
     conn = connect(rw[0], rw[1], "root", password)
-    client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    client = client_for("unix:///var/run/docker.sock", node="local")
     rows: list[list[str]] = []
     summary: list[str] = []
     try:

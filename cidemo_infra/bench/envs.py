@@ -30,13 +30,14 @@ import docker.types
 from cidemo_infra import images
 from cidemo_infra.console import Reporter
 from cidemo_infra.databases.database import connect, database_exists, execute, quote_ident
+from cidemo_infra.engines import client_for
 from cidemo_infra.errors import UsageError
 from cidemo_infra.pipeline.operations import staging_database
 from cidemo_infra.placement.specs import apps_domain, has_router
 from cidemo_infra.platforms.swarm import service_name
 from cidemo_infra.site import load_site
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GUESTBOOK = REPO / "examples" / "guestbook"
 FIRST_PR = 9001
 CONCURRENT = 5
@@ -57,7 +58,7 @@ def run(
             f"{site_path}: environments.max_previews is {site.environments.max_previews}; "
             f"the bench deploys {CONCURRENT + 1} previews"
         )
-    client = docker.DockerClient(base_url=images.LOCAL_ENGINE, version="1.41")
+    client = client_for(images.LOCAL_ENGINE, node="local")
     sha = secrets.token_hex(20)
     tag = f"cidemo/guestbook:bench-{sha[:12]}"
     prs = list(range(FIRST_PR, FIRST_PR + CONCURRENT + 1))

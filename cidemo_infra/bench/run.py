@@ -26,6 +26,7 @@ import yaml
 from cidemo_infra.bench import clone as bench_clone
 from cidemo_infra.bench import envs as bench_envs
 from cidemo_infra.console import Reporter
+from cidemo_infra.engines import client_for
 from cidemo_infra.galera.member import member_status
 
 BENCH_SITE = {
@@ -221,7 +222,7 @@ def _section(
 
 def main() -> None:
     reporter = Reporter()
-    client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    client = client_for("unix:///var/run/docker.sock", node="local")
     work = Path(tempfile.mkdtemp(prefix="cidemo-bench-"))
     site = work / "bench.yaml"
     site.write_text(yaml.safe_dump(BENCH_SITE))

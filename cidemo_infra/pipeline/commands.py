@@ -4,6 +4,8 @@ Names: `pr-<n>-<app>` (previews), `stage-<app>`, `<app>` (production). Every com
 site (`--site`, env CIDEMO_SITE) and its state directory, runs under the environment's lock
 (`--lock-wait` seconds to wait for another run), and prints one line per error (exit 1, or 2 for
 bad usage). Commands that remove or overwrite ask first unless `--yes` (or CIDEMO_YES=1).
+Usage and preconditions (an `environments` section, the image, the limit, the backup) are
+checked before anything is written: a rejected command leaves everything as it was.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 
 import click
 
+from cidemo_infra import app_image
 from cidemo_infra.backups.store import check_name
 from cidemo_infra.console import Reporter
 from cidemo_infra.envs import names
@@ -29,7 +32,8 @@ from cidemo_infra.options import (
     yes_option,
 )
 from cidemo_infra.pipeline import operations
-from cidemo_infra.pipeline.github import REPO_ENV, PullRequests
+from cidemo_infra.pipeline.github import REPO_ENV, PullRequests, valid_repo
+from cidemo_infra.pipeline.operations import require_environments
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 
@@ -65,7 +69,11 @@ def env() -> None:
 @pr_option
 @staging_option
 @production_option
-@click.option("--ref", required=True, help="the commit the image was built from")
+@click.option(
+    "--ref",
+    default=None,
+    help="the commit the image was built from (default: the ref of environments.build's image)",
+)
 @click.option("--image", default=None, help="image to run (default: environments.image)")
 @click.option("--fork", is_flag=True, help="a pull request from a fork: no app secrets")
 @dry_run_option
@@ -76,7 +84,7 @@ def up(
     pr: int | None,
     staging: bool,
     production: bool,
-    ref: str,
+    ref: str | None,
     image: str | None,
     fork: bool,
     dry_run: bool,
@@ -84,11 +92,14 @@ def up(
 ) -> None:
     """Create or update an environment; prints its URL."""
     site, state = load_site_and_state(site_path, state_dir)
+    require_environments(site)
     target = _chosen(site, pr, staging, production)
+    if ref is None:
+        ref = app_image.built_ref(site, site_path)
     names.validate_ref(ref)
     chosen = names.validate_image(image) if image else None
+    wanted = chosen or names.image_for(site.environments.image, site.environments.app, ref)
     with operations.open_envs(site, state, _reporter(), lock_wait) as ctx:
-        wanted = chosen or names.image_for(site.environments.image, ctx.app, ref)
         if dry_run:
             for line in operations.plan_up(ctx, target, wanted).lines():
                 ctx.reporter.line(line)
@@ -118,6 +129,7 @@ def down(
 ) -> None:
     """Remove an environment: its app, its database and the database's user."""
     site, state = load_site_and_state(site_path, state_dir)
+    require_environments(site)
     target = _chosen(site, pr, staging, production)
     database = operations.database_of(target)
     what = f"{target.name} (app, database {database} and its user)"
@@ -185,6 +197,8 @@ def gc(
 ) -> None:
     """Remove previews whose pull request is closed or that are idle past preview_ttl_hours."""
     site, state = load_site_and_state(site_path, state_dir)
+    if repo and not valid_repo(repo):
+        raise UsageError(f"--repo '{repo[:100]}': expected owner/name, e.g. octocat/hello-world")
     reporter = _reporter()
     with operations.open_envs(site, state, reporter, lock_wait) as ctx:
         github = PullRequests.from_env()
@@ -235,6 +249,7 @@ def refresh_staging(
 ) -> None:
     """Back up production's database and restore it into staging's (replacing its data)."""
     site, state = load_site_and_state(site_path, state_dir)
+    require_environments(site)
     app = site.environments.app
     source = operations.database_of(names.production(app))
     target = operations.database_of(names.staging(app))
@@ -246,16 +261,18 @@ def refresh_staging(
         )
     where = _store_description(site, state)
     what = f"backup {from_backup}" if from_backup else f"a new backup of {source}"
-    if dry_run:
-        click.echo(f"would restore {what} (kept in {where}) into {target}")
-        return
-    if not is_yes(yes) and not click.confirm(
-        f"Replace the data of {target} with {what}?", default=False
-    ):
-        raise click.exceptions.Abort
     with operations.open_envs(site, state, _reporter(), lock_wait) as ctx:
+        store = operations.backup_store(site, state)
+        operations.check_refresh(ctx, store, from_backup)
+        if dry_run:
+            click.echo(f"would restore {what} (kept in {where}) into {target}")
+            return
+        if not is_yes(yes) and not click.confirm(
+            f"Replace the data of {target} with {what}?", default=False
+        ):
+            raise click.exceptions.Abort
         done = operations.refresh_staging(
-            ctx, from_backup, allow_unauthenticated=allow_unauthenticated
+            ctx, from_backup, store, allow_unauthenticated=allow_unauthenticated
         )
     click.echo(f"{target} now holds {done.name} ({done.tables} tables, {done.rows} rows)")
     click.echo(f"backup: {done.where}")
@@ -270,6 +287,7 @@ def refresh_staging(
 def backups(site_path: str, state_dir: str | None, as_json: bool) -> None:
     """List the complete backups in the site's store (directory or container), newest first."""
     site, state = load_site_and_state(site_path, state_dir)
+    require_environments(site)
     found = operations.backup_store(site, state).backups()
     if as_json:
         click.echo(json.dumps([{"name": b.name, "where": b.where} for b in found], indent=2))

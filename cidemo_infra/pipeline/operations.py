@@ -58,11 +58,23 @@ class EnvContext:
         return self.site.environments.app
 
 
+def require_environments(site: Site) -> None:
+    """UsageError for a site without an `environments` section: no delivery pipeline to act on."""
+    if "environments" not in site.model_fields_set:
+        raise UsageError(
+            f"site '{site.name}' has no environments section; add one (at least "
+            "environments.app) and run cidemo provision, which places the app router"
+        )
+
+
 @contextlib.contextmanager
 def open_envs(
     site: Site, state: StateDir, reporter: Reporter, lock_wait: float = 0.0
 ) -> Iterator[EnvContext]:
-    state.ensure()
+    """The site's environments; opening them writes nothing (the actions' locks create what
+    they need)."""
+    require_environments(site)
+    state.check()
     session = open_session(site, state, reporter, build=False)
     try:
         platform = platform_for(site.environments.platform, session)
@@ -117,7 +129,13 @@ def app_settings(site: Site, env: Environment, platform: AppPlatform, db: str) -
 
 def _root(ctx: EnvContext) -> Any:
     host, port = ctx.session.endpoint("rw")
-    password = ctx.state.secret("root_password", SECRETS["root_password"])
+    password = ctx.state.known_secret("root_password", SECRETS["root_password"])
+    if password is None:
+        raise UsageError(
+            f"no database root password in {ctx.state.secrets_dir} (nor "
+            f"{SECRETS['root_password']}): is this the state directory the site was provisioned "
+            "with? (--state-dir, CIDEMO_STATE_DIR)"
+        )
     return database.connect(host, port, "root", password)
 
 
@@ -140,11 +158,23 @@ def up(
     is_fork: bool = False,
     repo: str = "",
 ) -> str:
-    """Create or update `env` to run `image` (built from commit `ref`); returns its URL."""
+    """Create or update `env` to run `image` (built from commit `ref`); returns its URL.
+    What can be known to fail (the platform, the image, the preview limit) is checked before
+    anything is written."""
     names.validate_ref(ref)
     names.validate_image(image)
+    check_up(ctx, env, image)
     with env_lock(ctx.state, env.name, ctx.lock_wait):
         return _up_locked(ctx, env, ref, image, is_fork=is_fork, repo=repo)
+
+
+def check_up(ctx: EnvContext, env: Environment, image: str) -> None:
+    """Reads only: the platform can deploy `image`, and a new preview fits under the limit
+    (counted again under the lock when it is reserved)."""
+    ctx.platform.check_deploy(image)
+    _root(ctx).close()  # the cluster answers, with the root password of this state directory
+    if env.is_preview and records.load(ctx.state, env.name) is None:
+        names.check_capacity(previews(ctx), env.name, ctx.site.environments.max_previews)
 
 
 def _up_locked(
@@ -204,6 +234,7 @@ def _ensure_database(ctx: EnvContext, env: Environment, db: str, password: str) 
 
 def down(ctx: EnvContext, env: Environment) -> bool:
     """Remove the app, the database and its user; False when nothing was there."""
+    _root(ctx).close()  # the cluster answers before anything is marked or removed
     with env_lock(ctx.state, env.name, ctx.lock_wait):
         return _down_locked(ctx, env)
 
@@ -251,6 +282,7 @@ def promote(ctx: EnvContext) -> tuple[str, str]:
         )
     record = records.load(ctx.state, stage.name)
     ref = record.ref if record is not None and record.ref else "promoted"
+    check_up(ctx, prod, image)
     with env_lock(ctx.state, prod.name, ctx.lock_wait):
         return image, _up_locked(ctx, prod, ref, image, is_fork=False, repo="")
 
@@ -320,7 +352,11 @@ class Refreshed:
 
 
 def refresh_staging(
-    ctx: EnvContext, from_backup: str | None = None, *, allow_unauthenticated: bool = False
+    ctx: EnvContext,
+    from_backup: str | None = None,
+    store: BackupStore | None = None,
+    *,
+    allow_unauthenticated: bool = False,
 ) -> Refreshed:
     """Back up production's database into the site's store, then restore staging's from the
     stored copy (fetched back and verified against its manifest first); or, with `from_backup`,
@@ -329,7 +365,8 @@ def refresh_staging(
     After a new backup, all but the newest `environments.backup_keep` are removed."""
     stage, prod = names.staging(ctx.app), names.production(ctx.app)
     source, target = database_of(prod), database_of(stage)
-    store = backup_store(ctx.site, ctx.state)
+    store = store or backup_store(ctx.site, ctx.state)
+    check_refresh(ctx, store, from_backup)
     key = backup.backup_key(ctx.state)
     with env_lock(ctx.state, stage.name, ctx.lock_wait):
         conn = _root(ctx)
@@ -358,13 +395,36 @@ def refresh_staging(
     return Refreshed(name, store.where(name), len(manifest.tables), rows, tuple(pruned))
 
 
-def _back_up(ctx: EnvContext, conn: Any, store: BackupStore, source: str, key: bytes) -> str:
-    """A backup of `source`, verified and kept in `store`; its name."""
+def check_refresh(ctx: EnvContext, store: BackupStore, from_backup: str | None) -> None:
+    """Reads only: the backup to restore is in the store, or production's database exists to be
+    backed up (checked again under the lock)."""
+    if from_backup is not None:
+        name = check_name(from_backup)
+        if name not in {b.name for b in store.backups()}:
+            raise UsageError(
+                f"--from {name}: no such complete backup in {store.describe()} "
+                "(see cidemo env backups)"
+            )
+        return
+    source = database_of(names.production(ctx.app))
+    conn = _root(ctx)
+    try:
+        _require_production(conn, source)
+    finally:
+        conn.close()
+
+
+def _require_production(conn: Any, source: str) -> None:
     if not database.database_exists(conn, source):
         raise UsageError(
             f"production database {source} does not exist; deploy production first "
             "(cidemo env up --production --ref SHA)"
         )
+
+
+def _back_up(ctx: EnvContext, conn: Any, store: BackupStore, source: str, key: bytes) -> str:
+    """A backup of `source`, verified and kept in `store`; its name."""
+    _require_production(conn, source)
     ctx.reporter.step(f"backing up {source}")
     local = backup.backup_database(conn, source, store.scratch(), key)
     ctx.reporter.step(f"verifying {local.name} and keeping it in {store.describe()}")

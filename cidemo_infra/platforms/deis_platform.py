@@ -82,6 +82,10 @@ class DeisPlatform:
         self.client.deploy_image(env.name, image)
         return f"http://{app.url}" if app.url else self.url_of(env)
 
+    def check_deploy(self, image: str) -> None:
+        """The controller pulls the image itself; the token and URL are checked when the
+        platform is made."""
+
     def remove(self, env: Environment) -> bool:
         if self.client.get_app(env.name) is None:
             return False

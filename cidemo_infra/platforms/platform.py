@@ -4,8 +4,10 @@
 - `deis`: a Deis v1 app per environment on the site's Deis controller.
 
 A platform deploys an image with plain settings and secrets, removes an environment, says which
-image an environment runs and lists what it runs. It does not touch databases: `operations`
-prepares each environment's database and hands the platform its credentials.
+image an environment runs and lists what it runs. `check_deploy` says, without changing anything,
+why a deploy of an image could not work (so nothing else is written first). It does not touch
+databases: `operations` prepares each environment's database and hands the platform its
+credentials.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class AppPlatform(Protocol):
         """Create or update `env` to run `image` with `environment` (plain settings) and
         `secrets` (name -> value; the app reads `<NAME>_FILE` where the platform stores them in
         files); returns its URL once it runs. Idempotent."""
+        ...
+
+    def check_deploy(self, image: str) -> None:
+        """UsageError when `deploy` of `image` cannot work (the platform is not set up, the
+        image cannot be found); reads only."""
         ...
 
     def remove(self, env: Environment) -> bool:

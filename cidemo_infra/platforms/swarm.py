@@ -247,15 +247,33 @@ class SwarmPlatform:
         standalone = self.inventory.of_role("standalone")[0]
         return str(standalone.private_ip), PROXY_RW_PORT
 
-    def prepare(self) -> None:
-        """The swarm, the apps network, and the router and proxy attached to it (idempotent)."""
-        if self._prepared:
-            return
+    def check_deploy(self, image: str) -> None:
+        """The router is placed and (locally) the image is on the engine; reads only."""
+        self._check_router()
+        self._check_image(image)
+
+    def _check_router(self) -> None:
         if not has_router(self.site):
             raise UsageError(
                 f"site '{self.site.name}' has no environments section; add one (at least "
                 "environments.app) and run cidemo provision, which places the app router"
             )
+        standalone = self.inventory.of_role("standalone")[0]
+        router = container_name(self.site, "router")
+        try:
+            self.clients[standalone.engine].api.inspect_container(router)
+        except docker.errors.NotFound:
+            raise UsageError(
+                f"the app router {router} is not placed; run cidemo provision first"
+            ) from None
+        except ENGINE_ERRORS as exc:
+            raise engine_error(standalone.name, f"inspect container {router}", exc) from None
+
+    def prepare(self) -> None:
+        """The swarm, the apps network, and the router and proxy attached to it (idempotent)."""
+        if self._prepared:
+            return
+        self._check_router()
         with platform_lock(self.state):
             self._ensure_swarm()
             self._ensure_network()
@@ -434,9 +452,13 @@ class SwarmPlatform:
             try:
                 client.images.get(image)
             except docker.errors.ImageNotFound:
+                hint = (
+                    "cidemo provision builds environments.build's image"
+                    if self.site.environments.build
+                    else "build or load it first"
+                )
                 raise UsageError(
-                    f"image {image} is not on engine {engine} and no registry serves it; "
-                    "build or load it first"
+                    f"image {image} is not on engine {engine} and no registry serves it; {hint}"
                 ) from None
             except ENGINE_ERRORS as exc:
                 raise engine_error(engine, f"inspect image {image}", exc) from None
@@ -481,6 +503,8 @@ class SwarmPlatform:
 
     def _service(self, name: str) -> dict[str, Any] | None:
         try:
+            if (self.manager.info().get("Swarm") or {}).get("LocalNodeState") != "active":
+                return None  # no swarm yet: no service either
             return dict(self.manager.api.inspect_service(name))
         except docker.errors.NotFound:
             return None

@@ -253,6 +253,7 @@ def site(
             "router_port": free_port(),
             "max_previews": 2,
             "preview_ttl_hours": 24,
+            "repository": "paulczar/ci-demo",  # the fixtures' repository
         },
     )
     try:
@@ -295,6 +296,7 @@ def envs(site: TestSite) -> Iterator[Env]:
     port = free_port()
     log = (site.state / "webhook.log").open("w")
     github = RecordingGitHub().__enter__()
+    github.permissions["paulczar"] = "admin"  # the fixtures' maintainer, who labels fork PRs
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIDEMO_GITHUB")}
     env |= {"CIDEMO_GITHUB_API": github.url, "CIDEMO_GITHUB_TOKEN": GITHUB_TOKEN}
     server = subprocess.Popen(
@@ -802,7 +804,8 @@ def test_refresh_staging_through_object_storage(
     missing = envs.cli(
         "refresh-staging", "--yes", "--from", "guestbook-20000101T000000Z", site=site_file
     )
-    assert missing.rc == 1 and "no such complete backup" in missing.err, missing.err
+    # a backup that is not in the store is refused before anything is locked or fetched
+    assert missing.rc == 2 and "no such complete backup" in missing.err, missing.err
     assert envs.rows("stage_guestbook") == refreshed
 
 
