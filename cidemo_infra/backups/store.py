@@ -1,8 +1,8 @@
 """Where backups live: a directory, or a container of OpenStack object storage (Swift).
 
 A backup is made in a local directory first (`backup.backup_database`, into the store's
-`scratch()`); `keep` verifies it completely and keeps it, and `fetch` gives it back for a
-restore. Names are `<database>-<UTC timestamp>` (`backup.BACKUP_NAME`).
+`scratch()`); `keep` verifies it completely (with the site's backup key) and keeps it, and
+`fetch` gives it back for a restore. Names are `<database>-<UTC timestamp>` (`backup.BACKUP_NAME`).
 
 - `DirectoryStore(path)`: the backup directories themselves, under `path`.
 - `SwiftStore(conn, container, site, scratch)`: objects `<site>/<name>/<file>` in `container`
@@ -52,7 +52,7 @@ class BackupStore(Protocol):
 
     def where(self, name: str) -> str: ...
 
-    def keep(self, local: Path) -> StoredBackup: ...
+    def keep(self, local: Path, key: bytes) -> StoredBackup: ...
 
     def backups(self, database: str | None = None) -> list[StoredBackup]: ...
 
@@ -88,11 +88,11 @@ class DirectoryStore:
     def where(self, name: str) -> str:
         return str(self.path / name)
 
-    def keep(self, local: Path) -> StoredBackup:
+    def keep(self, local: Path, key: bytes) -> StoredBackup:
         """A backup made in this directory, verified; it stays where it is."""
         if local.parent != self.path:
             raise BackupError(f"{local}: not in the backup directory {self.path}")
-        backup.verify_backup(local)
+        backup.verify_backup(local, key)
         return StoredBackup(local.name, self.where(local.name))
 
     def backups(self, database: str | None = None) -> list[StoredBackup]:
@@ -141,11 +141,11 @@ class SwiftStore:
     def where(self, name: str) -> str:
         return self._url(self._key(name))
 
-    def keep(self, local: Path) -> StoredBackup:
+    def keep(self, local: Path, key: bytes) -> StoredBackup:
         """Verify a local backup and upload it: table files, then the manifest, each checked. The
         local copy is scratch: it is removed afterwards, also when verifying or uploading fails."""
         try:
-            backup.verify_backup(local)
+            backup.verify_backup(local, key)
             return self._upload(local)
         finally:
             shutil.rmtree(local, ignore_errors=True)

@@ -229,6 +229,12 @@ def gc(
     metavar="NAME",
     help="restore this backup of the store (see `env backups`) instead of backing up production",
 )
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="with --from: restore a format-1 backup, made before backups were authenticated "
+    "(only from a store you trust)",
+)
 @dry_run_option
 @yes_option
 @lock_env
@@ -236,6 +242,7 @@ def refresh_staging(
     site_path: str,
     state_dir: str | None,
     from_backup: str | None,
+    allow_unauthenticated: bool,
     dry_run: bool,
     yes: bool,
     lock_wait: float,
@@ -248,6 +255,10 @@ def refresh_staging(
     target = operations.database_of(names.staging(app))
     if from_backup is not None:
         check_name(from_backup)
+    elif allow_unauthenticated:
+        raise UsageError(
+            "--allow-unauthenticated: only with --from NAME (a new backup is authenticated)"
+        )
     where = _store_description(site, state)
     what = f"backup {from_backup}" if from_backup else f"a new backup of {source}"
     with operations.open_envs(site, state, _reporter(), lock_wait) as ctx:
@@ -260,7 +271,9 @@ def refresh_staging(
             f"Replace the data of {target} with {what}?", default=False
         ):
             raise click.exceptions.Abort
-        done = operations.refresh_staging(ctx, from_backup, store)
+        done = operations.refresh_staging(
+            ctx, from_backup, store, allow_unauthenticated=allow_unauthenticated
+        )
     click.echo(f"{target} now holds {done.name} ({done.tables} tables, {done.rows} rows)")
     click.echo(f"backup: {done.where}")
     if done.pruned:

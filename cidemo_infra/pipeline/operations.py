@@ -352,21 +352,27 @@ class Refreshed:
 
 
 def refresh_staging(
-    ctx: EnvContext, from_backup: str | None = None, store: BackupStore | None = None
+    ctx: EnvContext,
+    from_backup: str | None = None,
+    store: BackupStore | None = None,
+    *,
+    allow_unauthenticated: bool = False,
 ) -> Refreshed:
     """Back up production's database into the site's store, then restore staging's from the
     stored copy (fetched back and verified against its manifest first); or, with `from_backup`,
-    restore an existing backup of the store. Atomic: a failed restore leaves staging's database
-    as it was. After a new backup, all but the newest `environments.backup_keep` are removed."""
+    restore an existing backup of the store (a format-1 one, which has no authentication, only
+    with `allow_unauthenticated`). Atomic: a failed restore leaves staging's database as it was.
+    After a new backup, all but the newest `environments.backup_keep` are removed."""
     stage, prod = names.staging(ctx.app), names.production(ctx.app)
     source, target = database_of(prod), database_of(stage)
     store = store or backup_store(ctx.site, ctx.state)
     check_refresh(ctx, store, from_backup)
+    key = backup.backup_key(ctx.state)
     with env_lock(ctx.state, stage.name, ctx.lock_wait):
         conn = _root(ctx)
         try:
             if from_backup is None:
-                name = _back_up(ctx, conn, store, source)
+                name = _back_up(ctx, conn, store, source, key)
             else:
                 name = check_name(from_backup)
             with store.fetch(name) as path:
@@ -376,7 +382,9 @@ def refresh_staging(
                         f"CREATE DATABASE {database.quote_ident(target)} CHARACTER SET utf8mb4",
                     )
                 ctx.reporter.step(f"restoring {name} into {target}")
-                manifest = backup.restore_database(conn, path, target)
+                manifest = backup.restore_database(
+                    conn, path, target, key, allow_unauthenticated=allow_unauthenticated
+                )
             database.ensure_app_user(conn, target, target, ctx.state.secret(_password_name(stage)))
         finally:
             conn.close()
@@ -414,13 +422,13 @@ def _require_production(conn: Any, source: str) -> None:
         )
 
 
-def _back_up(ctx: EnvContext, conn: Any, store: BackupStore, source: str) -> str:
+def _back_up(ctx: EnvContext, conn: Any, store: BackupStore, source: str, key: bytes) -> str:
     """A backup of `source`, verified and kept in `store`; its name."""
     _require_production(conn, source)
     ctx.reporter.step(f"backing up {source}")
-    local = backup.backup_database(conn, source, store.scratch())
+    local = backup.backup_database(conn, source, store.scratch(), key)
     ctx.reporter.step(f"verifying {local.name} and keeping it in {store.describe()}")
-    return store.keep(local).name
+    return store.keep(local, key).name
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@
   `dnsrr` (the router resolves every task address; a virtual IP needs IPVS in the kernel, which
   not every host has). Secrets are Swarm secrets mounted at `/run/secrets/<name>`; the app gets
   `<NAME>_FILE` pointing there, never the value (e.g. `DB_PASS_FILE=/run/secrets/db_pass`).
+  A secret's name is an HMAC of its value under a key only the site has
+  (`secrets/swarm_secret_names` in the state directory), so listing the swarm's secrets tells
+  nothing about their values.
 - The route: etcd `<prefix>/services/apps/<env>` = `<service>:<app_port>` (no TTL), which the
   router turns into `Host: <env>.<domain>` -> the service's tasks.
 
@@ -71,6 +74,7 @@ SWARM_PORT = 2377
 NAME_MAX = 63  # a service name is a DNS label
 SECRET_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,62}$")
 SECRETS_DIR = "/run/secrets"
+SECRET_NAMES_KEY = "swarm_secret_names"  # the site secret that keys Swarm secrets' names
 NS = 1_000_000_000
 UPDATE_MONITOR = 5 * NS  # a new task that fails this soon after starting rolls the update back
 STOP_GRACE = 10 * NS
@@ -94,10 +98,12 @@ def route_key(prefix: str, env: str) -> str:
     return f"{prefix}/services/apps/{env}"
 
 
-def secret_name(site: str, env: str, key: str, value: str) -> str:
-    """Swarm secrets cannot change, so a new value gets a new name: a keyed digest of the value
-    (it reveals nothing about it) within Swarm's 64 characters."""
-    digest = hmac.new(f"{site}/{env}/{key}".encode(), value.encode(), hashlib.sha256)
+def secret_name(site: str, env: str, key: str, value: str, names_key: bytes) -> str:
+    """Swarm secrets cannot change, so a new value gets a new name: an HMAC of the value under
+    the site's secret `names_key`, within Swarm's 64 characters. Whoever can list the swarm's
+    secrets cannot test guesses of a value against its name without that key."""
+    message = f"{site}/{env}/{key}\0".encode() + value.encode()
+    digest = hmac.new(names_key, message, hashlib.sha256)
     return f"cidemo-{site}-{digest.hexdigest()[:20]}"
 
 
@@ -458,7 +464,11 @@ class SwarmPlatform:
                 raise engine_error(engine, f"inspect image {image}", exc) from None
 
     def _ensure_secret(self, env: Environment, key: str, value: str) -> str:
-        name = secret_name(self.site.name, env.name, key, value)
+        """The Swarm secret of `value`, created when missing. Names made under an earlier key
+        (or an earlier scheme) differ: the deploy then rolls the service onto the new secrets
+        (start-first) and prunes the old ones, as for a changed value."""
+        names_key = self.state.secret(SECRET_NAMES_KEY, nbytes=32).encode()
+        name = secret_name(self.site.name, env.name, key, value, names_key)
         api = self.manager.api
         try:
             if not any(s["Spec"]["Name"] == name for s in api.secrets(filters={"name": name})):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import re
 import string
 from collections.abc import Iterator
 from typing import Annotated, Literal
@@ -135,6 +136,29 @@ class Services(_Strict):
 
 AppName = Annotated[str, StringConstraints(pattern=r"^[a-z]([a-z0-9-]{0,20}[a-z0-9])?$")]
 Branch = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{1,100}$")]
+# an app named like another environment (`pr-5`: production's database is then PR 5's `pr_5`)
+ENVIRONMENT_LIKE_APP = re.compile(r"^(stage-|pr-[0-9]+(-|$))")
+# MariaDB's own databases: the production database is the app name with - -> _
+SYSTEM_DATABASES = ("mysql", "sys", "information_schema", "performance_schema")
+
+
+def app_name_problem(app: str) -> str | None:
+    """Why `app` cannot name an app: its environments' or databases' names would be those of
+    another environment, or of MariaDB's own databases; None when it can."""
+    if ENVIRONMENT_LIKE_APP.match(app):
+        return (
+            f"'{app}' is named like an environment (stage-<app>, pr-<n>-<app>), so its "
+            "environments or databases would collide with another's; choose a name that does "
+            "not start with 'stage-' or 'pr-<n>'"
+        )
+    if app.replace("-", "_") in SYSTEM_DATABASES:
+        return (
+            f"'{app}' would make production's database one of MariaDB's own "
+            f"({', '.join(SYSTEM_DATABASES)}); choose another name"
+        )
+    return None
+
+
 RepoName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9_.-]{1,100}$")]
 
 
@@ -291,6 +315,9 @@ def semantic_problems(site: Site) -> list[str]:
             f"the site has {deis}"
         )
     envs = site.environments
+    app_problem = app_name_problem(envs.app)
+    if app_problem:
+        problems.append(f"environments.app: {app_problem}")
     if envs.platform == "deis" and not envs.deis_controller:
         problems.append(
             "environments.deis_controller: required when environments.platform is 'deis' "

@@ -136,6 +136,20 @@ def test_the_deis_server_group_policy_follows_the_site(
     assert tfvars["deis_server_group_policy"] == policy
 
 
+@pytest.mark.parametrize(("node_os", "builder"), [("flatcar", False), ("coreos-legacy", True)])
+def test_the_deis_builder_port_is_opened_only_where_deis_runs(
+    tmp_path: Path, cidemo, node_os: str, builder: bool
+) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["ssh"] = {"public_key_file": str(SITES / "example-key.pub")}
+    data["node_os"] = node_os
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data))
+    result = cidemo("render", "--site", str(site), "--state-dir", str(tmp_path / "state"))
+    assert result.rc == 0, result.err
+    assert json.loads(Path(result.out.split()[0]).read_text())["deis_builder"] is builder
+
+
 def test_terraform_refuses_an_unknown_server_group_policy(rendered, tmp_path: Path) -> None:
     """The module's own validation, by the real terraform (variables.tf needs no provider),
     with the rendered inputs of the example site and one bad value."""

@@ -1,7 +1,11 @@
 locals {
   public_world_tcp_ports = {
-    http         = 80
-    https        = 443
+    http  = 80
+    https = 443
+  }
+
+  # git push to the Deis builder: only nodes that run the Deis v1 platform have one listening.
+  deis_builder_ports = {
     deis_builder = 2222
   }
 
@@ -31,7 +35,7 @@ locals {
 # delete_default_rules stays unset: the default egress rules are what lets the nodes reach out.
 resource "openstack_networking_secgroup_v2" "public" {
   name        = "${var.site_name}-public"
-  description = "cidemo ${var.site_name}: HTTP(S) and git push from the world, SSH from the admins"
+  description = "cidemo ${var.site_name}: HTTP(S) (and git push on Deis) from the world, SSH from the admins"
   tags        = var.tags
 }
 
@@ -42,7 +46,7 @@ resource "openstack_networking_secgroup_v2" "cluster" {
 }
 
 resource "openstack_networking_secgroup_rule_v2" "public_world" {
-  for_each = local.public_world_tcp_ports
+  for_each = merge(local.public_world_tcp_ports, var.deis_builder ? local.deis_builder_ports : {})
 
   description       = "${var.site_name} ${each.key} from the world"
   security_group_id = openstack_networking_secgroup_v2.public.id

@@ -60,6 +60,11 @@ variable "deis_server_group_policy" {
   }
 }
 
+variable "deis_builder" {
+  type        = bool
+  description = "Open the Deis builder's git-push port (2222) to the world: true only where the nodes run the Deis v1 platform (the coreos-legacy profile); elsewhere nothing listens there."
+}
+
 variable "keypair_name" {
   type        = string
   description = "Name of the Nova keypair created from ssh_public_key."
