@@ -155,6 +155,16 @@ class Platform:
 
         return wait_for(f"{env} rendered by chromium ({self.tasks(env)})", dom, 120)
 
+    def screenshot(self, env: str, suffix: str, tmp: Path) -> Path:
+        """The page as chromium shows it, kept in ARTIFACTS; its path is printed."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / f"ghost-{env}-{self.site.name}{suffix}.png"
+        shot.unlink(missing_ok=True)
+        result = self.chromium(f"--screenshot={shot}", self.url(env), tmp=tmp)
+        assert result.returncode == 0, result.stderr[-2000:]
+        print(f"screenshot of {self.url(env)}: {shot}")
+        return shot
+
     def tasks(self, env: str) -> str:
         """The Swarm tasks of an environment's service, for failure messages."""
         name = f"cidemo-{self.site.name}-app-{env}"
@@ -286,12 +296,7 @@ def test_preview_runs_on_a_clone_of_stagings_database(
 
 def test_preview_home_page_renders_in_chromium(platform: Platform, tmp_path: Path) -> None:
     wait_for(f"{PREVIEW} answering", lambda: answering(platform, PREVIEW), 120)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / f"ghost-{PREVIEW}-{platform.site.name}.png"
-    shot.unlink(missing_ok=True)
-    result = platform.chromium(f"--screenshot={shot}", platform.url(PREVIEW), tmp=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    print(f"screenshot of {platform.url(PREVIEW)}: {shot}")
+    shot = platform.screenshot(PREVIEW, "", tmp_path)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
@@ -341,6 +346,7 @@ def test_a_post_created_in_the_preview_shows_there_and_not_in_staging(
         f"the post on {PREVIEW}'s home page", lambda: title in platform.get(PREVIEW)[1] or None
     )
     assert title in platform.rendered(PREVIEW, tmp_path)
+    platform.screenshot(PREVIEW, "-with-post", tmp_path)
     assert BODY in platform.get(PREVIEW, f"/{slug}/")[1]
 
     staging = wait_for(f"{STAGING} answering", lambda: answering(platform, STAGING), 120)
