@@ -25,8 +25,8 @@ from cidemo_infra.site.model import RoleSpec
 if TYPE_CHECKING:
     from openstack.connection import Connection
 
-# terraform/security.tf's locals, mirrored (tests/unit/test_cloud_units.py compares them with the
-# module): each entry is one ingress rule the module creates for every site.
+# data/terraform/security.tf's locals, mirrored (tests/unit/test_cloud_units.py compares them with
+# the module): each entry is one ingress rule the module creates for every site.
 PUBLIC_WORLD_TCP_PORTS: dict[str, int] = {"http": 80, "https": 443, "deis_builder": 2222}
 CLUSTER_PORTS: dict[str, tuple[str, int]] = {
     "etcd_client": ("tcp", 2379),
@@ -150,7 +150,7 @@ def preflight(
 
 
 def security_group_rule_count(site: Site) -> int:
-    """The rules terraform/security.tf declares for this site (without Neutron's defaults)."""
+    """The rules data/terraform/security.tf declares for this site (without Neutron's defaults)."""
     admins = {str(cidr) for cidr in site.admin_cidrs}
     ssh_sources = len(admins) or 1  # SSH from the world only when no admin CIDR is named
     docker_tls_admin = len(admins)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import string
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
@@ -99,7 +100,9 @@ class Galera(_Strict):
     sst_method: Literal["rsync", "mariabackup"] = "rsync"
     ttl: int = Field(10, ge=4, le=300)
     join_timeout: int = Field(300, ge=10, le=3600)
-    image: str | None = Field(None, description="override the image built from infra/images/galera")
+    image: str | None = Field(
+        None, description="override the image built from cidemo_infra/data/images/galera"
+    )
 
 
 class Proxy(_Strict):
@@ -111,7 +114,9 @@ class Proxy(_Strict):
 
 class Jenkins(_Strict):
     enabled: bool = True
-    image: str | None = Field(None, description="default: the project's image from infra/images")
+    image: str | None = Field(
+        None, description="default: the project's image from cidemo_infra/data/images"
+    )
     port: int = Field(8080, ge=1, le=65535)
 
 
@@ -130,6 +135,7 @@ class Services(_Strict):
 
 AppName = Annotated[str, StringConstraints(pattern=r"^[a-z]([a-z0-9-]{0,20}[a-z0-9])?$")]
 Branch = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{1,100}$")]
+RepoName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9_.-]{1,100}$")]
 
 
 class Environments(_Strict):
@@ -152,6 +158,11 @@ class Environments(_Strict):
         Field(default_factory=list)
     )
     fork_label: str = "safe-to-deploy"
+    repository: RepoName | None = Field(
+        None,
+        description="owner/name of the GitHub repository whose events deploy; required by "
+        "`cidemo webhook serve`, events of other repositories change nothing",
+    )
     backup_dir: str | None = Field(None, description="default: <state dir>/backups")
     backup_container: str | None = Field(
         None,
@@ -163,6 +174,13 @@ class Environments(_Strict):
     deis_controller: str | None = Field(None, pattern=r"^https?://.+")
     app_env: dict[str, str] = Field(
         default_factory=dict, description="non-secret settings given to every environment"
+    )
+    build: str | None = Field(
+        None,
+        min_length=1,
+        description="local target: the app's source directory (a Dockerfile), relative to the "
+        "site file; provision builds `image` for a ref hashed from its files, and `env up` "
+        "without --ref runs it",
     )
 
 
@@ -277,6 +295,21 @@ def semantic_problems(site: Site) -> list[str]:
         problems.append(
             "environments.deis_controller: required when environments.platform is 'deis' "
             "(the controller's URL, e.g. https://deis.example.com)"
+        )
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(envs.image) if f is not None}
+    except ValueError:
+        fields = {"(unbalanced braces)"}
+    unknown = sorted(fields - {"app", "sha"})
+    if unknown:
+        problems.append(
+            f"environments.image: '{envs.image}' has the unknown placeholder {{{unknown[0]}}}; "
+            "valid: {app}, {sha}"
+        )
+    if envs.build and site.target != "local":
+        problems.append(
+            "environments.build: only for target local (a cloud runs images from a registry; "
+            "build and push them in the app's CI)"
         )
     container = envs.backup_container
     if container and ("/" in container or len(container.encode()) > 256):

@@ -27,6 +27,7 @@ import yaml
 from openstack.connection import Connection
 
 from cidemo_infra.cloud import find
+from cidemo_infra.data import TERRAFORM_MODULE
 from cidemo_infra.inventory import Inventory
 from cidemo_infra.state import StateDir
 from tests.cloud.conftest import EXTERNAL_NETWORK, FLAVOR_DEIS, FLAVOR_STANDALONE, IMAGE, merge
@@ -34,7 +35,7 @@ from tests.conftest import REPO, SITES, run_cidemo
 from tests.support.tfschema import load_hcl
 
 pytestmark = pytest.mark.cloud
-MODULE = REPO / "terraform"
+MODULE = TERRAFORM_MODULE
 ADMINS = "203.0.113.0/24"
 
 

@@ -25,8 +25,8 @@ import pymysql
 import pytest
 import yaml
 
-from cidemo_infra.envs import backup as backup_module
-from cidemo_infra.envs.backup import (
+from cidemo_infra.backups import backup as backup_module
+from cidemo_infra.backups.backup import (
     BackupError,
     backup_database,
     checksum_table,
@@ -35,7 +35,7 @@ from cidemo_infra.envs.backup import (
     restore_database,
     verify_backup,
 )
-from cidemo_infra.envs.database import (
+from cidemo_infra.databases.database import (
     DatabaseError,
     clone_database,
     connect,

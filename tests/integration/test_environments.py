@@ -35,7 +35,7 @@ import yaml
 from cidemo_infra import images
 from cidemo_infra.console import Reporter
 from cidemo_infra.envs import records
-from cidemo_infra.envs.swarm import remove_site_apps
+from cidemo_infra.placement.teardown import remove_site_apps
 from cidemo_infra.registry.keys import Registry
 from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.signature import sign
@@ -57,7 +57,7 @@ GITHUB_TOKEN = "ghp_" + secrets.token_hex(18)  # a made-up token the recording s
 # `cidemo env` is registered in the CLI by the lead; this runs the same entry point with it added.
 ENV_CLI = (
     "import sys; from cidemo_infra.cli import cli, main; "
-    "from cidemo_infra.envs.commands import env; cli.add_command(env); main(sys.argv[1:])"
+    "from cidemo_infra.pipeline.commands import env; cli.add_command(env); main(sys.argv[1:])"
 )
 T = TypeVar("T")
 
@@ -251,6 +251,7 @@ def site(
             "router_port": free_port(),
             "max_previews": 2,
             "preview_ttl_hours": 24,
+            "repository": "paulczar/ci-demo",  # the fixtures' repository
         },
     )
     try:
@@ -293,6 +294,7 @@ def envs(site: TestSite) -> Iterator[Env]:
     port = free_port()
     log = (site.state / "webhook.log").open("w")
     github = RecordingGitHub().__enter__()
+    github.permissions["paulczar"] = "admin"  # the fixtures' maintainer, who labels fork PRs
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIDEMO_GITHUB")}
     env |= {"CIDEMO_GITHUB_API": github.url, "CIDEMO_GITHUB_TOKEN": GITHUB_TOKEN}
     server = subprocess.Popen(
@@ -713,7 +715,8 @@ def test_refresh_staging_through_object_storage(
     missing = envs.cli(
         "refresh-staging", "--yes", "--from", "guestbook-20000101T000000Z", site=site_file
     )
-    assert missing.rc == 1 and "no such complete backup" in missing.err, missing.err
+    # a backup that is not in the store is refused before anything is locked or fetched
+    assert missing.rc == 2 and "no such complete backup" in missing.err, missing.err
     assert envs.rows("stage_guestbook") == refreshed
 
 

@@ -32,7 +32,7 @@ import yaml
 
 from cidemo_infra import images
 from cidemo_infra.console import Reporter
-from cidemo_infra.envs.swarm import remove_site_apps
+from cidemo_infra.placement.teardown import remove_site_apps
 from tests.conftest import REPO, Run, need, run_cidemo
 from tests.integration.conftest import TestSite, free_port, make_site, remove_site
 from tests.support import ghost_admin

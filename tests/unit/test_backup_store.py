@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cidemo_infra.envs import backup
-from cidemo_infra.envs.backup import BackupError
-from cidemo_infra.envs.backup_store import DirectoryStore, check_name, store_for
+from cidemo_infra.backups import backup
+from cidemo_infra.backups.backup import BackupError
+from cidemo_infra.backups.store import DirectoryStore, check_name, store_for
 from cidemo_infra.errors import UsageError
 
 pytestmark = pytest.mark.unit

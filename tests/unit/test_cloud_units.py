@@ -34,13 +34,14 @@ from cidemo_infra.cloud.preflight import (
 )
 from cidemo_infra.cloud.sweep import Leak, SweepError, belongs
 from cidemo_infra.cloud.waits import wait_for_servers
+from cidemo_infra.data import TERRAFORM_MODULE
 from cidemo_infra.errors import CloudError
 from cidemo_infra.site import Site
 from tests.support.tfschema import load_hcl
 
 pytestmark = pytest.mark.unit
 
-SECURITY_TF = Path(__file__).resolve().parents[2] / "terraform" / "security.tf"
+SECURITY_TF = TERRAFORM_MODULE / "security.tf"
 FLAVORS = {
     f.name: f
     for f in (

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from cidemo_infra.envs import backup
-from cidemo_infra.envs.backup import (
+from cidemo_infra.backups import backup
+from cidemo_infra.backups.backup import (
     BackupError,
     RowDigest,
     decode_row,
@@ -25,7 +25,7 @@ from cidemo_infra.envs.backup import (
     table_file,
     verify_backup,
 )
-from cidemo_infra.envs.database import (
+from cidemo_infra.databases.database import (
     DatabaseError,
     ForeignKey,
     Schema,

@@ -15,15 +15,16 @@ import yaml
 
 from cidemo_infra.console import Reporter
 from cidemo_infra.envs import names, records
-from cidemo_infra.envs.deis import DeisClient
-from cidemo_infra.envs.deis_platform import DeisPlatform
 from cidemo_infra.envs.locks import env_lock, previews_lock
 from cidemo_infra.envs.names import CapacityError, Environment
-from cidemo_infra.envs.operations import EnvContext, app_settings, database_of, gc
-from cidemo_infra.envs.platform import PLATFORMS, Deployment, platform_for
-from cidemo_infra.envs.swarm import SecretMount, route_key, secret_name, service_spec
 from cidemo_infra.errors import EXIT_FAILED, EXIT_USAGE, LockError, UsageError
+from cidemo_infra.pipeline.operations import EnvContext, app_settings, database_of, gc
 from cidemo_infra.placement.specs import desired_specs, image_refs
+from cidemo_infra.platforms import PLATFORMS, platform_for
+from cidemo_infra.platforms.deis import DeisClient
+from cidemo_infra.platforms.deis_platform import DeisPlatform
+from cidemo_infra.platforms.platform import Deployment
+from cidemo_infra.platforms.swarm import SecretMount, route_key, secret_name, service_spec
 from cidemo_infra.site import parse_site
 from cidemo_infra.state import StateDir
 from cidemo_infra.targets.local import local_inventory

@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
+from cidemo_infra.data import TERRAFORM_MODULE
 from tests.support.tfschema import Finding, check_module, labelled, load_hcl
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-MODULE_DIR = REPO / "terraform"
+MODULE_DIR = TERRAFORM_MODULE
 SCHEMA = json.loads((REPO / "tests/data/terraform-provider-openstack.json").read_text())
 
 WORLD = {"0.0.0.0/0", "::/0"}
@@ -428,7 +429,7 @@ def test_standin_module_outputs_have_the_real_modules_shape() -> None:
     def outputs(path: Path) -> dict[str, str]:
         return {name: str(body["value"]) for name, body in labelled(load_hcl(path)["output"])}
 
-    real = outputs(REPO / "terraform" / "outputs.tf")
+    real = outputs(TERRAFORM_MODULE / "outputs.tf")
     standin = outputs(REPO / "tests" / "data" / "terraform" / "standin-openstack" / "main.tf")
     assert set(standin) == set(real)
     for key in ("name", "server_name", "role", "private_ip", "public_ip"):
