@@ -9,12 +9,12 @@ SITE ?= infra/sites/local.yaml
 PYTEST_ARGS ?=
 
 .PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision demo destroy smoke render plan status recover images base-image \
-        test test-unit test-integration lint wheel-check bench clean \
+        test test-unit test-integration lint wheel-check bench clean browser \
         env-up env-down env-list env-promote env-gc env-refresh-staging env-backups
 
 help:
 	@echo "make provision | demo | destroy | smoke | render | plan | status | recover | images | base-image"
-	@echo "make test | lint | wheel-check | bench | terraform-tools          (SITE=$(SITE))"
+	@echo "make test | lint | wheel-check | bench | terraform-tools | browser (SITE=$(SITE))"
 	@echo "make cloud-lab | cloud-lab-down    (the test OpenStack whose servers boot as lab nodes)"
 	@echo "make env-up PR=<n>|ENV=staging|ENV=production REF=<sha> [IMAGE=<image>] [FORK=1]"
 	@echo "make env-down PR=<n> | env-list | env-promote | env-gc | env-refresh-staging [FROM=<backup>] | env-backups"
@@ -34,6 +34,10 @@ host:
 # the CLI configuration for them; stdout is only `TF_BINARY=...` and `TF_CLI_CONFIG_FILE=...`.
 terraform-tools:
 	@bash scripts/terraform-tools.sh
+
+# Debian's chromium for the browser test of examples/ghost (the test runs this itself when needed).
+browser:
+	@bash scripts/ensure-chromium.sh
 
 # The OpenStack path on this machine: the test OpenStack, and lab nodes that boot its servers'
 # user-data; then `make provision SITE=$(LAB_SITE)`. cloud-lab-down removes it all.

@@ -24,6 +24,8 @@ PROJECT_PREFIX = "project:"
 LOCAL_ENGINE = "unix:///var/run/docker.sock"
 UPSTREAM_BASE = "debian:bookworm-slim"
 LOCAL_BASE = "cidemo/debian:bookworm-slim"
+# Certificate authorities this machine trusts besides Debian's (update-ca-certificates' place)
+LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 # Images whose Dockerfile starts from something other than the Debian base (not buildable here).
 _OWN_BASE = {"jenkins": "jenkins/jenkins:lts-jdk17"}
 
@@ -152,6 +154,7 @@ def build_app_image(
     if not (context / "Dockerfile").is_file():
         raise UsageError(f"app image {tag}: no Dockerfile in {context}")
     base = base_image(client, reporter)
+    extra_ca = local_ca_certificates()
     _build(
         client,
         "local",
@@ -161,10 +164,19 @@ def build_app_image(
         reporter,
         context=context,
         dockerfile="Dockerfile",
-        build_args=build_args,
+        build_args={**({"EXTRA_CA_CERTS": extra_ca} if extra_ca else {}), **(build_args or {})},
         labels=labels,
     )
     return tag
+
+
+def local_ca_certificates(folder: Path = LOCAL_CA_DIR) -> str:
+    """The PEM certificates this machine added to Debian's trust store (a TLS-inspecting proxy's
+    CA, say), for app builds that fetch over HTTPS (examples/ghost's npm install); "" if none."""
+    if not folder.is_dir():
+        return ""
+    pems = (p.read_text(errors="replace").strip() for p in sorted(folder.rglob("*.crt")))
+    return "\n".join(pem for pem in pems if "BEGIN CERTIFICATE" in pem)
 
 
 def _build(
