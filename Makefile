@@ -9,12 +9,12 @@ SITE ?= infra/sites/local.yaml
 PYTEST_ARGS ?=
 
 .PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision demo destroy smoke render plan status recover images base-image \
-        test test-unit test-integration lint wheel-check bench clean browser \
+        test test-unit test-integration test-ghost lint wheel-check bench clean browser \
         env-up env-down env-list env-promote env-gc env-refresh-staging env-backups
 
 help:
 	@echo "make provision | demo | destroy | smoke | render | plan | status | recover | images | base-image"
-	@echo "make test | lint | wheel-check | bench | terraform-tools | browser (SITE=$(SITE))"
+	@echo "make test | test-ghost | lint | wheel-check | bench | terraform-tools | browser (SITE=$(SITE))"
 	@echo "make cloud-lab | cloud-lab-down    (the test OpenStack whose servers boot as lab nodes)"
 	@echo "make env-up PR=<n>|ENV=staging|ENV=production REF=<sha> [IMAGE=<image>] [FORK=1]"
 	@echo "make env-down PR=<n> | env-list | env-promote | env-gc | env-refresh-staging [FROM=<backup>] | env-backups"
@@ -125,6 +125,11 @@ test: venv host terraform-tools
 
 test-unit: venv terraform-tools
 	$(with_tf) $(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+# Ghost built from npm, deployed as staging and a preview, the preview in headless Chromium: about
+# 8 minutes on a cold machine, so `make test` (and CI) leave it out.
+test-ghost: venv host
+	CIDEMO_GHOST=1 $(BIN)/python -m pytest -p no:cacheprovider tests/integration/test_ghost.py $(PYTEST_ARGS)
 
 test-integration: venv host terraform-tools
 	$(with_tf) $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
