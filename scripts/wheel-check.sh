@@ -47,6 +47,7 @@ say "installed with its dependencies in $(( $(date +%s) - install_start )) s"
 run=$work/run
 mkdir -p "$run/infra"
 cp -r infra/sites "$run/infra/sites"
+cp -r examples "$run/examples"  # local.yaml's environments.build is ../../examples/guestbook
 echo "clouds: {}" >"$work/clouds.yaml"
 tf_env=$(bash scripts/terraform-tools.sh)
 # shellcheck disable=SC2086 # one VAR=value per word
@@ -102,10 +103,12 @@ print(d["name"], d.get("target", "local"), ",".join(n["name"] for n in d["nodes"
     expect 2 "$wheel_cidemo" render --site "$site" --state-dir "$state"
     grep -q "has target local: there are no Terraform inputs" err || fail "$site: render's refusal"
     # a name of its own: plan reads the shared engine, where a site of the example's name may run
-    sed "s/^name: .*/name: wchk$RANDOM$RANDOM/" "$site" >"$name-renamed.yaml"
-    expect 3 "$wheel_cidemo" plan --json --site "$name-renamed.yaml" --state-dir "$state"
+    # (beside the example: its relative paths stay as they are)
+    renamed=infra/sites/$name-renamed.yaml.copy
+    sed "s/^name: .*/name: wchk$RANDOM$RANDOM/" "$site" >"$renamed"
+    expect 3 "$wheel_cidemo" plan --json --site "$renamed" --state-dir "$state"
     mv out plan-wheel.json
-    expect 3 "$checkout_cidemo" plan --json --site "$name-renamed.yaml" --state-dir "$state-checkout"
+    expect 3 "$checkout_cidemo" plan --json --site "$renamed" --state-dir "$state-checkout"
     cmp -s out plan-wheel.json || { diff out plan-wheel.json >&2; fail "$site: the plans differ"; }
     say "$site: render refused as documented (exit 2), plan: the checkout's ($(grep -c '"action"' out) actions)"
   fi
