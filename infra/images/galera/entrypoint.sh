@@ -50,9 +50,13 @@ HOST_ID=$(hostname)
 NODE_NAME=${NODE_NAME:-$HOST_ID}
 [[ "$NODE_NAME" =~ ^[A-Za-z0-9_.-]+$ ]] || die "NODE_NAME must match [A-Za-z0-9_.-]+, got '$NODE_NAME'"
 EXPECTED_MEMBERS=${EXPECTED_MEMBERS:-}
+if [ "$AUTO_RECOVERY" = on ] && [ -z "$EXPECTED_MEMBERS" ]; then
+  log "EXPECTED_MEMBERS is not set: automatic recovery is off (it counts only the members named there)"
+  AUTO_RECOVERY=off
+fi
 if [ "$AUTO_RECOVERY" = on ]; then
   [[ "$EXPECTED_MEMBERS" =~ ^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$ ]] ||
-    die "EXPECTED_MEMBERS must list the members' node names (a,b,c) when AUTO_RECOVERY is on, got '$EXPECTED_MEMBERS'"
+    die "EXPECTED_MEMBERS must list the members' node names (a,b,c), got '$EXPECTED_MEMBERS'"
   [[ ",$EXPECTED_MEMBERS," == *",$NODE_NAME,"* ]] ||
     die "NODE_NAME '$NODE_NAME' is not in EXPECTED_MEMBERS '$EXPECTED_MEMBERS'"
 fi
@@ -275,9 +279,10 @@ if [ "$MODE" = join ]; then
   done
 fi
 
-# 5. after a kill grastate.dat says seqno -1: recover the position so that a joiner gets IST, not SST
+# 5. recover the committed position so that a joiner gets IST, not SST: grastate.dat says -1 after a
+# kill, and can hold a stale seqno (an rsync donor writes it when it pauses)
 START_POS=()
-if [ -f "$DATADIR/grastate.dat" ] && [ "$(grastate_field seqno)" = -1 ]; then
+if has_cluster_state; then
   if recover_position; then
     if [ "$MY_SEQNO" -ge 0 ]; then
       START_POS=(--wsrep-start-position="$MY_UUID:$MY_SEQNO")
