@@ -6,11 +6,13 @@ CIDEMO_CHAOS_FULL=1 (`make chaos`, which prints the table of every scenario).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import docker.errors
 import pytest
 import yaml
 
@@ -66,3 +68,5 @@ def chaos_site(
         for container in engine.containers.list(all=True, filters=flt):  # kept for a post-mortem
             (site.path.parent / f"{container.name}.log").write_bytes(container.logs())
         remove_site([engine], site.name)
+        with contextlib.suppress(docker.errors.ImageNotFound):  # the tag scenario 6 made
+            engine.images.remove(f"cidemo-chaos/galera:{site.name}-v2")

@@ -218,3 +218,15 @@ def record(
     ROWS.append(row)
     print(table([row]))
     return row
+
+
+def proxy_backends(engine: docker.DockerClient, site: TestSite) -> list[str]:
+    """The members the proxy sends traffic to (its rendered set)."""
+    proxy = container_of(engine, site, "dbproxy")
+    result = proxy.exec_run(["cat", "/run/cidemo/backends"])
+    return sorted(result.output.decode().split()) if result.exit_code == 0 else []
+
+
+def address_of(container: Any, network: str) -> str:
+    container.reload()
+    return str(container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"])
