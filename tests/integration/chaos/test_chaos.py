@@ -196,6 +196,7 @@ def test_2c_kill_all_three_one_never_returns(
     assert_clean(outcome)
 
 
+@pytest.mark.chaos_full
 def test_2d_too_few_report_nothing_bootstraps(
     engine: docker.DockerClient, chaos_site: TestSite
 ) -> None:
