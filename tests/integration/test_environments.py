@@ -42,7 +42,13 @@ from cidemo_infra.registry.keys import Registry
 from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.signature import sign
 from tests.conftest import REPO, Run
-from tests.integration.conftest import TestSite, free_port, make_site, remove_site
+from tests.integration.conftest import (
+    TestSite,
+    free_port,
+    make_site,
+    provision_converged,
+    remove_site,
+)
 from tests.support.http_page import page
 from tests.support.recording_github import RecordingGitHub
 
@@ -286,7 +292,7 @@ def app_images(engine: docker.DockerClient) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def envs(site: TestSite) -> Iterator[Env]:
-    result = site.cidemo("provision")
+    result = provision_converged(site)
     assert result.rc == 0, result.err + result.out
     secret = secrets.token_urlsafe(24)
     path = site.state / "secrets" / "webhook_secret"

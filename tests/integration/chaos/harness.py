@@ -19,8 +19,7 @@ import docker
 import pymysql
 
 from cidemo_infra.galera.member import member_status
-from tests.conftest import Run
-from tests.integration.conftest import TestSite
+from tests.integration.conftest import TestSite, provision_converged
 
 LOAD_MAX_WRITES = 20000
 LOAD_MAX_SECONDS = 600.0
@@ -233,14 +232,4 @@ def address_of(container: Any, network: str) -> str:
     return str(container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"])
 
 
-def provision(site: TestSite) -> Run:
-    """`cidemo provision`; when only its closing smoke checks failed (a registration lapsing for a
-    moment on a loaded shared machine), wait, bounded, until `cidemo smoke` passes."""
-    result = site.cidemo("provision")
-    if result.rc != 0 and "smoke checks failed" in result.err:
-        for _ in range(12):
-            smoke = site.cidemo("smoke")
-            if smoke.rc == 0:
-                return Run(0, result.out + smoke.out, result.err + smoke.err)
-            time.sleep(10)
-    return result
+provision = provision_converged
