@@ -8,13 +8,13 @@ CIDEMO := $(BIN)/cidemo
 SITE ?= infra/sites/local.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision destroy smoke render plan status recover images base-image \
-        test test-unit test-integration chaos lint bench clean \
+.PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision demo destroy smoke render plan status recover images base-image \
+        test test-unit test-integration test-ghost chaos lint wheel-check bench clean browser \
         env-up env-down env-list env-promote env-gc env-refresh-staging env-backups
 
 help:
-	@echo "make provision | destroy | smoke | render | plan | status | recover | images | base-image"
-	@echo "make test | chaos | lint | bench | terraform-tools          (SITE=$(SITE))"
+	@echo "make provision | demo | destroy | smoke | render | plan | status | recover | images | base-image"
+	@echo "make test | test-ghost | chaos | lint | wheel-check | bench | terraform-tools | browser (SITE=$(SITE))"
 	@echo "make cloud-lab | cloud-lab-down    (the test OpenStack whose servers boot as lab nodes)"
 	@echo "make env-up PR=<n>|ENV=staging|ENV=production REF=<sha> [IMAGE=<image>] [FORK=1]"
 	@echo "make env-down PR=<n> | env-list | env-promote | env-gc | env-refresh-staging [FROM=<backup>] | env-backups"
@@ -34,6 +34,10 @@ host:
 # the CLI configuration for them; stdout is only `TF_BINARY=...` and `TF_CLI_CONFIG_FILE=...`.
 terraform-tools:
 	@bash scripts/terraform-tools.sh
+
+# Debian's chromium for the browser test of examples/ghost (the test runs this itself when needed).
+browser:
+	@bash scripts/ensure-chromium.sh
 
 # The OpenStack path on this machine: the test OpenStack, and lab nodes that boot its servers'
 # user-data; then `make provision SITE=$(LAB_SITE)`. cloud-lab-down removes it all.
@@ -58,6 +62,11 @@ provision: venv host
 
 destroy: venv host
 	$(site_tf) $(CIDEMO) destroy --site $(SITE)
+
+# After `make provision`: staging and the preview of PR 1 of the site's app, their URLs and a curl
+# showing each on its own database (the site needs environments.build, as local.yaml has).
+demo: venv host
+	bash scripts/demo.sh $(CIDEMO) $(SITE)
 
 smoke: venv host
 	$(CIDEMO) smoke --site $(SITE)
@@ -117,6 +126,11 @@ test: venv host terraform-tools
 test-unit: venv terraform-tools
 	$(with_tf) $(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
+# Ghost built from npm, deployed as staging and a preview, the preview in headless Chromium: about
+# 8 minutes on a cold machine, so `make test` (and CI) leave it out.
+test-ghost: venv host
+	CIDEMO_GHOST=1 $(BIN)/python -m pytest -p no:cacheprovider tests/integration/test_ghost.py $(PYTEST_ARGS)
+
 test-integration: venv host terraform-tools
 	$(with_tf) $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
@@ -133,7 +147,12 @@ lint: venv
 	$(BIN)/ruff format --check cidemo_infra tests
 	$(BIN)/mypy
 	tf_env=$$(bash scripts/terraform-tools.sh --binary) && env $$tf_env \
-	  sh -c '"$${TF_BINARY:-terraform}" fmt -check -recursive terraform/'
+	  sh -c '"$${TF_BINARY:-terraform}" fmt -check -recursive cidemo_infra/data/terraform/'
+
+# The wheel installed in a fresh virtualenv outside the checkout: schema, render and plan of the
+# example sites from an empty directory, compared with the checkout's (about a minute).
+wheel-check: venv host
+	bash scripts/wheel-check.sh
 
 bench: venv host
 	$(BIN)/python -m cidemo_infra.bench

@@ -12,7 +12,6 @@ import click
 
 from cidemo_infra import lifecycle
 from cidemo_infra.console import Reporter
-from cidemo_infra.envs.commands import env
 from cidemo_infra.errors import EXIT_FAILED, EXIT_PLAN_CHANGES, EXIT_USAGE, CidemoError
 from cidemo_infra.options import (
     dry_run_option,
@@ -24,6 +23,8 @@ from cidemo_infra.options import (
     state_option,
     yes_option,
 )
+from cidemo_infra.pipeline import operations
+from cidemo_infra.pipeline.commands import env
 from cidemo_infra.site import load_site
 from cidemo_infra.site.schema import site_json_schema
 from cidemo_infra.webhook.commands import webhook
@@ -184,14 +185,35 @@ def destroy(
 @json_option
 @click.pass_obj
 def status(obj: Context, site_path: str, state_dir: str | None, as_json: bool) -> None:
-    """List the site's nodes and containers as they are now."""
+    """List the site's containers and, with an environments section, its environments."""
     site, state = load_site_and_state(site_path, state_dir)
     rows = lifecycle.status(site, state)
+    envs: list[dict[str, str]] | None = None
+    unlisted = ""  # why the environments could not be listed; the containers still are
+    if "environments" in site.model_fields_set:
+        try:
+            with operations.open_envs(site, state, obj.reporter) as ctx:
+                envs = [r.as_dict() for r in operations.list_envs(ctx)]
+        except CidemoError as exc:
+            unlisted = str(exc)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        headers = ["node", "role", "container", "state", "image"]
-        obj.reporter.table(headers, [[r[h] for h in headers] for r in rows])
+        out: dict[str, object] = {"containers": rows, "environments": envs}
+        if unlisted:
+            out["environments_error"] = unlisted
+        click.echo(json.dumps(out, indent=2))
+        return
+    headers = ["node", "role", "container", "state", "image"]
+    obj.reporter.table(headers, [[r[h] for h in headers] for r in rows])
+    if unlisted:
+        obj.reporter.line(f"environments: not listed: {unlisted}")
+    if envs is None:
+        return
+    if not envs:
+        obj.reporter.line("environments: none yet (cidemo env up, or make demo)")
+        return
+    headers = ["environment", "kind", "image", "url", "database", "updated"]
+    keys = ["name", "kind", "image", "url", "database", "updated"]
+    obj.reporter.table(headers, [[e[k] for k in keys] for e in envs])
 
 
 @cli.command()

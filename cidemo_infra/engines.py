@@ -1,21 +1,29 @@
-"""One Docker client per endpoint URL: unix://, ssh:// (system ssh), tcp:// with TLS."""
+"""One Docker client per endpoint URL: unix://, ssh:// (system ssh), tcp:// with TLS, each speaking
+the newest Engine API version both it and the engine know."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 import docker.tls
+import docker.utils
 import requests.exceptions
 
 from cidemo_infra.errors import EngineError
 
 # What a Docker call raises when the engine refuses or cannot be reached at all.
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
-API_VERSION = "1.41"  # Debian bookworm's docker.io 20.10; newer engines speak it too
+# The Engine API versions this code speaks. 1.41: Debian bookworm's docker.io 20.10, the engine the
+# tests run on. 1.44: the oldest Docker Engine 29 accepts ("client version 1.41 is too old");
+# 1.42-1.44 change nothing the code calls or reads. Each engine gets the newest of its own
+# versions up to API_NEWEST, as the Docker CLI negotiates.
+API_OLDEST = "1.41"
+API_NEWEST = "1.44"
 _clients: dict[str, docker.DockerClient] = {}
 _lock = threading.Lock()
 
@@ -47,25 +55,61 @@ def client_for(
             f"node {node}: unsupported Docker endpoint {url!r}; use unix://, "
             "ssh:// or tcp:// with TLS"
         )
-    try:
+    client = negotiated_client(url, tls=tls, timeout=timeout, node=node)
+    with _lock:
+        _clients[key] = client
+    return client
+
+
+def negotiated_client(
+    url: str, tls: docker.tls.TLSConfig | bool = False, timeout: int = 120, node: str = "?"
+) -> docker.DockerClient:
+    """A new client for `url` at the API version `negotiate` picks from the engine's unversioned
+    GET /version, checked with a ping at that version; EngineError when it cannot be had."""
+
+    def connect(version: str) -> docker.DockerClient:
         client = docker.DockerClient(
             base_url=url,
-            version=API_VERSION,
+            version=version,
             tls=tls,
             timeout=timeout,
-            use_ssh_client=scheme == "ssh",
+            use_ssh_client=url.startswith("ssh://"),
         )
         # requests lets REQUESTS_CA_BUNDLE (and proxy variables) override the site's CA for every
         # request; an engine is verified against the site's CA and reached directly, nothing else.
         client.api.trust_env = False
+        return client
+
+    try:
+        probe = connect(API_NEWEST)
+        try:
+            answered = probe.api.version(api_version=False)
+        finally:
+            probe.close()
+        client = connect(negotiate(answered, url, node))
         client.ping()
     except ENGINE_ERRORS as exc:
         raise EngineError(
             f"node {node}: Docker engine at {url} does not answer: {_short(exc)}"
         ) from None
-    with _lock:
-        _clients[key] = client
     return client
+
+
+def negotiate(answered: Mapping[str, Any], url: str, node: str = "?") -> str:
+    """The API version to speak with an engine whose GET /version said `answered`: its newest
+    (ApiVersion), at most API_NEWEST; EngineError when its range (down to MinAPIVersion) and
+    API_OLDEST..API_NEWEST do not meet."""
+    newest = str(answered.get("ApiVersion") or "")
+    oldest = str(answered.get("MinAPIVersion") or newest)
+    if not newest:
+        raise EngineError(f"node {node}: Docker engine at {url} did not say its API version")
+    chosen = API_NEWEST if docker.utils.version_lt(API_NEWEST, newest) else newest
+    if docker.utils.version_lt(chosen, oldest) or docker.utils.version_lt(chosen, API_OLDEST):
+        raise EngineError(
+            f"node {node}: Docker engine at {url} (version {answered.get('Version', '?')}) "
+            f"speaks Engine API {oldest} to {newest}; cidemo speaks {API_OLDEST} to {API_NEWEST}"
+        )
+    return chosen
 
 
 def unique_clients(clients: Mapping[str, docker.DockerClient]) -> dict[str, docker.DockerClient]:

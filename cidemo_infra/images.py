@@ -1,6 +1,6 @@
-"""The project's images, built from infra/images/<name>/ and tagged by a hash of their sources.
+"""The project's images, built from data/images/<name>/ and tagged by a hash of their sources.
 
-Where no registry answers, the base image is made with debootstrap (infra/images/base/mkbase.sh).
+Where no registry answers, the base image is made with debootstrap (data/images/base/mkbase.sh).
 An image present on one engine is copied to the others (save/load) rather than rebuilt.
 """
 
@@ -16,14 +16,16 @@ import docker
 import docker.errors
 
 from cidemo_infra.console import Reporter
+from cidemo_infra.data import IMAGES as IMAGES_DIR
+from cidemo_infra.engines import client_for
 from cidemo_infra.errors import EngineError, UsageError
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGES_DIR = REPO / "infra" / "images"
 PROJECT_PREFIX = "project:"
 LOCAL_ENGINE = "unix:///var/run/docker.sock"
 UPSTREAM_BASE = "debian:bookworm-slim"
 LOCAL_BASE = "cidemo/debian:bookworm-slim"
+# Certificate authorities this machine trusts besides Debian's (update-ca-certificates' place)
+LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 # Images whose Dockerfile starts from something other than the Debian base (not buildable here).
 _OWN_BASE = {"jenkins": "jenkins/jenkins:lts-jdk17"}
 
@@ -33,14 +35,22 @@ def is_project_image(ref: str) -> bool:
 
 
 def image_tag(name: str, base: str) -> str:
+    if not (IMAGES_DIR / name).is_dir():
+        # a tag of the base alone would plan every container of that image as changed
+        raise UsageError(f"project image {name!r}: no folder {IMAGES_DIR / name}")
     digest = hashlib.sha256(base.encode())
     for folder in (IMAGES_DIR / name, IMAGES_DIR / "common"):
         if not folder.is_dir():
             continue
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not _is_bytecode(p)):
             digest.update(str(path.relative_to(IMAGES_DIR)).encode())
             digest.update(path.read_bytes())
     return f"cidemo/{name}:{digest.hexdigest()[:12]}"
+
+
+def _is_bytecode(path: Path) -> bool:
+    """Python's compiled files (an install compiles jenkins-standin/standin.py) are no source."""
+    return path.suffix == ".pyc" or "__pycache__" in path.relative_to(IMAGES_DIR).parts
 
 
 def _has(client: docker.DockerClient, ref: str) -> bool:
@@ -80,7 +90,7 @@ def base_image(client: docker.DockerClient, reporter: Reporter) -> str:
     except docker.errors.APIError:
         pass
     # debootstrap imports into this machine's engine; another engine gets a copy from there
-    here = docker.DockerClient(base_url=LOCAL_ENGINE, version="1.41")
+    here = client_for(LOCAL_ENGINE, node="local")
     if not _has(here, LOCAL_BASE):
         reporter.step(
             f"no registry answers for {UPSTREAM_BASE}; building {LOCAL_BASE} with debootstrap"
@@ -112,11 +122,13 @@ def ensure_images(
     needs it (`needs`: engine -> image names); returns name -> tag."""
     engines = list(clients.items())
     first_name, first = engines[0]
+    wanted = sorted({n for names in needs.values() for n in names})
+    for name in wanted:  # all checked before the first build
+        if not (IMAGES_DIR / name / "Dockerfile").is_file():
+            raise UsageError(f"project image {name!r}: no {IMAGES_DIR / name / 'Dockerfile'}")
     base = base_image(first, reporter)
     tags: dict[str, str] = {}
-    for name in sorted({n for names in needs.values() for n in names}):
-        if not (IMAGES_DIR / name / "Dockerfile").is_file():
-            raise UsageError(f"project image {name!r}: no infra/images/{name}/Dockerfile")
+    for name in wanted:
         parent = _OWN_BASE.get(name) or base
         tag = image_tag(name, parent)
         if not _has(first, tag):
@@ -142,6 +154,7 @@ def build_app_image(
     if not (context / "Dockerfile").is_file():
         raise UsageError(f"app image {tag}: no Dockerfile in {context}")
     base = base_image(client, reporter)
+    extra_ca = local_ca_certificates()
     _build(
         client,
         "local",
@@ -151,10 +164,19 @@ def build_app_image(
         reporter,
         context=context,
         dockerfile="Dockerfile",
-        build_args=build_args,
+        build_args={**({"EXTRA_CA_CERTS": extra_ca} if extra_ca else {}), **(build_args or {})},
         labels=labels,
     )
     return tag
+
+
+def local_ca_certificates(folder: Path = LOCAL_CA_DIR) -> str:
+    """The PEM certificates this machine added to Debian's trust store (a TLS-inspecting proxy's
+    CA, say), for app builds that fetch over HTTPS (examples/ghost's npm install); "" if none."""
+    if not folder.is_dir():
+        return ""
+    pems = (p.read_text(errors="replace").strip() for p in sorted(folder.rglob("*.crt")))
+    return "\n".join(pem for pem in pems if "BEGIN CERTIFICATE" in pem)
 
 
 def _build(

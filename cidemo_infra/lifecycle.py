@@ -15,6 +15,7 @@ import click
 import docker
 import docker.errors
 
+from cidemo_infra import app_image
 from cidemo_infra import images as project_images
 from cidemo_infra.checks.report import Report
 from cidemo_infra.checks.smoke import SmokeContext, run_smoke
@@ -33,12 +34,15 @@ from cidemo_infra.placement.specs import (
     PROXY_RO_PORT,
     PROXY_RW_PORT,
     ContainerSpec,
+    apps_domain,
     container_name,
     desired_specs,
+    has_router,
     image_refs,
     network_specs,
     roles_by_engine,
 )
+from cidemo_infra.placement.teardown import remove_site_apps
 from cidemo_infra.registry.keys import Registry, guard_key
 from cidemo_infra.render.site_files import render_site
 from cidemo_infra.site import Site
@@ -328,7 +332,7 @@ def provision(
         if infrastructure_only:
             _print_nodes(_inventory(site, state), reporter)
             return
-    place_services(site, state, reporter, dry_run=dry_run, lock_wait=lock_wait)
+    place_services(site, state, reporter, dry_run=dry_run, lock_wait=lock_wait, site_path=site_path)
 
 
 def _print_nodes(inventory: Inventory, reporter: Reporter) -> None:
@@ -340,14 +344,22 @@ def _print_nodes(inventory: Inventory, reporter: Reporter) -> None:
 
 
 def place_services(
-    site: Site, state: StateDir, reporter: Reporter, *, dry_run: bool, lock_wait: float
+    site: Site,
+    state: StateDir,
+    reporter: Reporter,
+    *,
+    dry_run: bool,
+    lock_wait: float,
+    site_path: str | None = None,
 ) -> None:
-    """Place and check the service tier on the inventory's engines (after the infrastructure)."""
+    """Place and check the service tier on the inventory's engines (after the infrastructure),
+    and build the site's app image (`environments.build`) where the apps run."""
     wait = site.timeouts.docker if site.target == "openstack" else 0
     with state.lock(lock_wait):
         session = open_session(site, state, reporter, build=not dry_run, wait=wait)
         try:
             actions = session.actions()
+            app = _app_image(session, site_path, dry_run=dry_run)
             if dry_run:
                 PlanResult(actions=actions).print(reporter)
                 return
@@ -362,12 +374,29 @@ def place_services(
             session.inventory.save(state.inventory_file)
             report = _smoke(session)
             report.print(reporter)
-            _print_endpoints(session)
+            _print_endpoints(session, app)
         finally:
             session.close()
     if not report.passed:
         failed = ", ".join(c.name for c in report.failed())
         raise PlacementError(f"provisioned, but smoke checks failed: {failed}")
+
+
+def _app_image(session: Session, site_path: str | None, *, dry_run: bool) -> str | None:
+    """The site's app image, built on the engine that runs the apps (locally the standalone
+    node's, the one-node swarm) when it is missing."""
+    site = session.site
+    if site_path is None or not site.environments.build or not has_router(site):
+        return None
+    standalone = session.inventory.of_role("standalone")[0]
+    return app_image.ensure_app_image(
+        session.clients[standalone.engine],
+        standalone.name,
+        site,
+        site_path,
+        session.reporter,
+        dry_run=dry_run,
+    )
 
 
 def _prepare_galera(session: Session) -> str | None:
@@ -431,7 +460,7 @@ def recover(
     site: Site, state: StateDir, reporter: Reporter, *, yes: bool, lock_wait: float
 ) -> None:
     with state.lock(lock_wait):
-        session = open_session(site, state, reporter, build=True)
+        session = open_session(site, state, reporter, build=False)  # nothing built until asked
         members = [s for s in session.specs if s.role == "galera"]
         if _any_member_synced(session, members):
             raise PlacementError(
@@ -444,6 +473,9 @@ def recover(
         ):
             raise click.exceptions.Abort
         try:
+            session.images = _resolve_images(
+                site, session.inventory, session.clients, reporter, build=True
+            )
             registry = session.registry()
             registry.wait_healthy(site.timeouts.etcd)
             best = _recover_guard(session, members, registry)
@@ -465,7 +497,9 @@ def _smoke(session: Session, unreachable: Mapping[str, str] | None = None) -> Re
             clients=session.clients,
             specs=session.specs,
             rw_endpoint=session.endpoint("rw"),
-            root_password=_secrets(session.state)["root_password"],
+            # a check reads: it never generates a secret (a wrong --state-dir fails the check)
+            root_password=session.state.known_secret("root_password", SECRETS["root_password"])
+            or "",
             jenkins_url=session.jenkins_url(),
             ttl=session.site.services.galera.ttl,
             unreachable=dict(unreachable or {}),
@@ -488,9 +522,10 @@ def smoke(site: Site, state: StateDir, reporter: Reporter) -> Report:
         session.close()
 
 
-def _print_endpoints(session: Session) -> None:
+def _print_endpoints(session: Session, app: str | None = None) -> None:
     """local: where to connect from here; openstack: the node-private addresses (reached from
-    the cluster, or by the tool through the gateway container)."""
+    the cluster, or by the tool through the gateway container). With environments: the apps'
+    router (an app answers there for `Host: <env>.<domain>`) and the app image built here."""
     site = session.site
     if site.target == "local":
         where = {name: session.endpoint(name) for name in SERVICE_PORTS}
@@ -504,6 +539,14 @@ def _print_endpoints(session: Session) -> None:
     ]
     if site.services.jenkins.enabled:
         rows.append(["jenkins", "http://{}:{}".format(*where["jenkins"])])
+    if has_router(site):
+        if site.target == "local":
+            router = f"http://127.0.0.1:{site.environments.router_port}"
+        else:
+            router = f"http://{session.inventory.of_role('standalone')[0].public_ip or '-'}:80"
+        rows.append(["apps router", f"{router} (Host: <env>.{apps_domain(site)})"])
+    if app:
+        rows.append(["app image", f"{app} (cidemo env up without --ref runs it)"])
     rows.append(["secrets", str(session.state.secrets_dir)])
     session.reporter.table(["endpoint", "address"], rows)
 
@@ -542,6 +585,11 @@ def destroy(
 ) -> None:
     """Services first (where the engines answer), then the infrastructure, then the leak sweep."""
     openstack = site.target == "openstack"
+    if sweep and not openstack:
+        raise UsageError(
+            f"--sweep: site '{site.name}' has target {site.target}; only an openstack site has "
+            "cloud resources to sweep"
+        )
     with state.lock(lock_wait):
         clients, _ = _answering_clients(site, state, reporter)
         doomed = _labelled(site.name, clients, purge or openstack)
@@ -561,8 +609,6 @@ def destroy(
                 f"Remove everything of site '{site.name}'{what}?", default=False
             ):
                 raise click.exceptions.Abort
-            from cidemo_infra.envs.swarm import remove_site_apps  # envs build on this module
-
             for engine, client in unique_clients(clients).items():
                 try:
                     for removed in remove_site_apps(client, site.name):

@@ -51,9 +51,10 @@ def is_yes(yes: bool) -> bool:
 
 
 def load_site_and_state(site_path: str, state_dir: str | None) -> tuple[Site, StateDir]:
-    """The site file `--site` names and its state directory (`--state-dir`, or the default)."""
+    """The site file `--site` names and its state directory (`--state-dir`, or the default),
+    checked to be this site's; nothing is written."""
     from cidemo_infra.site import load_site
     from cidemo_infra.state import StateDir
 
     site = load_site(site_path)
-    return site, StateDir.resolve(site.name, state_dir)
+    return site, StateDir.resolve(site.name, state_dir).check()

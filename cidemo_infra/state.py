@@ -49,8 +49,8 @@ class StateDir:
         path = Path(chosen) if chosen else DEFAULT_ROOT / site
         return cls(path.absolute(), site)
 
-    def ensure(self) -> StateDir:
-        """Create the directory (0700) and bind it to this site; refuse another site's directory."""
+    def check(self) -> StateDir:
+        """Refuse another site's directory; writes nothing (every command checks this first)."""
         marker = self.path / MARKER
         if marker.exists():
             owner = marker.read_text().strip()
@@ -59,6 +59,13 @@ class StateDir:
                     f"state directory {self.path} belongs to site '{owner}', not "
                     f"'{self.site}'; give each site its own --state-dir"
                 )
+        return self
+
+    def ensure(self) -> StateDir:
+        """Create the directory (0700) and bind it to this site; refuse another site's directory."""
+        marker = self.path / MARKER
+        if marker.exists():
+            self.check()
         else:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_private(marker, self.site + "\n", 0o644)
@@ -83,6 +90,13 @@ class StateDir:
     @property
     def inventory_file(self) -> Path:
         return self.path / "inventory.json"
+
+    def known_secret(self, name: str, env: str | None = None) -> str | None:
+        """A secret from the environment or secrets/, or None; never generates one."""
+        if env and os.environ.get(env):
+            return os.environ[env]
+        path = self.secrets_dir / name
+        return path.read_text().strip() if path.is_file() else None
 
     def secret(self, name: str, env: str | None = None, nbytes: int = 24) -> str:
         """A secret from the environment if set, else generated once into secrets/ (0600)."""

@@ -18,16 +18,17 @@ from openstack import exceptions as sdk
 from cidemo_infra.cloud.connect import cloud_errors, redact
 from cidemo_infra.cloud.sweep import find
 from cidemo_infra.errors import CloudError, SiteError
-from cidemo_infra.render.tfvars import read_public_key
+from cidemo_infra.render.tfvars import has_deis_builder, read_public_key
 from cidemo_infra.site import ROLES, Site
 from cidemo_infra.site.model import RoleSpec
 
 if TYPE_CHECKING:
     from openstack.connection import Connection
 
-# terraform/security.tf's locals, mirrored (tests/unit/test_cloud_units.py compares them with the
-# module): each entry is one ingress rule the module creates for every site.
-PUBLIC_WORLD_TCP_PORTS: dict[str, int] = {"http": 80, "https": 443, "deis_builder": 2222}
+# data/terraform/security.tf's locals, mirrored (tests/unit/test_cloud_units.py compares them with
+# the module): each entry is one ingress rule the module creates for every site.
+PUBLIC_WORLD_TCP_PORTS: dict[str, int] = {"http": 80, "https": 443}
+DEIS_BUILDER_PORTS: dict[str, int] = {"deis_builder": 2222}  # only where the builder runs
 CLUSTER_PORTS: dict[str, tuple[str, int]] = {
     "etcd_client": ("tcp", 2379),
     "etcd_peer": ("tcp", 2380),
@@ -150,11 +151,12 @@ def preflight(
 
 
 def security_group_rule_count(site: Site) -> int:
-    """The rules terraform/security.tf declares for this site (without Neutron's defaults)."""
+    """The rules data/terraform/security.tf declares for this site (without Neutron's defaults)."""
     admins = {str(cidr) for cidr in site.admin_cidrs}
     ssh_sources = len(admins) or 1  # SSH from the world only when no admin CIDR is named
     docker_tls_admin = len(admins)
-    return len(PUBLIC_WORLD_TCP_PORTS) + ssh_sources + len(CLUSTER_PORTS) + docker_tls_admin
+    world = len(PUBLIC_WORLD_TCP_PORTS) + (len(DEIS_BUILDER_PORTS) if has_deis_builder(site) else 0)
+    return world + ssh_sources + len(CLUSTER_PORTS) + docker_tls_admin
 
 
 def quota_needs(

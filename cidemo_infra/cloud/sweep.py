@@ -72,7 +72,7 @@ def site_tag(site_name: str) -> str:
 
 
 def server_group_name(site_name: str) -> str:
-    """The one server group the Terraform module makes (terraform/compute.tf)."""
+    """The one server group the Terraform module makes (data/terraform/compute.tf)."""
     return f"{site_name}-deis"
 
 

@@ -1,1 +1,1 @@
-"""Environments (preview, staging, production), app platforms and their databases."""
+"""The environment model: names (preview, staging, production), their records and locks."""

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
 
 from cidemo_infra.errors import PlacementError
-from cidemo_infra.placement.specs import ContainerSpec
 from cidemo_infra.registry.keys import Registry, guard_key
+
+if TYPE_CHECKING:  # placement builds on this package; only the spec's shape is used here
+    from cidemo_infra.placement.specs import ContainerSpec
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def network_specs(site: Site) -> list[NetworkSpec]:
 
 
 def image_refs(site: Site) -> dict[str, str]:
-    """Role -> image reference; `project:<name>` is built from infra/images/<name>/."""
+    """Role -> image reference; `project:<name>` is built from data/images/<name>/."""
     services = site.services
     refs = {
         "galera": services.galera.image or "project:galera",

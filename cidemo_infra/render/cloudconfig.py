@@ -1,4 +1,4 @@
-"""Each node's CoreOS `#cloud-config` user-data, from `cloud-config/<profile>/<role>.yaml.j2`.
+"""Each node's CoreOS `#cloud-config` user-data, from `data/cloud-config/<profile>/<role>.yaml.j2`.
 
 Pure: a `NodeContext` in, the user-data text out. The context is validated first, so every value
 that lands inside a systemd unit or a shell script is a plain hostname, address or token; values
@@ -19,12 +19,11 @@ import jinja2
 import yaml
 
 from cidemo_infra import errors
+from cidemo_infra.data import CLOUD_CONFIG_TEMPLATES
 
 PROFILES = ("flatcar", "coreos-legacy")
 ROLES = ("deis", "standalone")
 REBOOT_STRATEGIES = ("etcd-lock", "reboot", "off")
-
-DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "cloud-config"
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -93,7 +92,7 @@ def render_user_data(ctx: NodeContext, templates_dir: Path | None = None) -> str
     """The `#cloud-config` user-data of one node, checked to parse as YAML."""
     template_name = f"{ctx.profile}/{ctx.role}.yaml.j2"
     variables = _template_variables(ctx, template_name)
-    root = Path(templates_dir) if templates_dir is not None else DEFAULT_TEMPLATES_DIR
+    root = Path(templates_dir) if templates_dir is not None else CLOUD_CONFIG_TEMPLATES
     env = _environment(root)
     try:
         text = env.get_template(template_name).render(**variables)

@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from cidemo_infra.data import TERRAFORM_MODULE
 from cidemo_infra.errors import RenderError
 from cidemo_infra.inventory import Inventory
 from cidemo_infra.render.cloudconfig import EtcdMember, NodeContext, render_user_data
@@ -17,7 +18,6 @@ from cidemo_infra.state import StateDir, write_private
 from cidemo_infra.tls.pki import ensure_pki
 
 PUBLIC_ADDRESSES = "public-addresses.json"
-MODULE_DIR = Path(__file__).resolve().parents[2] / "terraform"
 
 
 def node_addresses(site: Site, public: Mapping[str, str]) -> dict[str, list[str]]:
@@ -82,16 +82,21 @@ def render_site(site: Site, state: StateDir, site_path: str) -> list[Path]:
 
 
 def module_dir() -> Path:
-    """The Terraform module: the repository's, or CIDEMO_TERRAFORM_MODULE (one with the same
-    variables and outputs, e.g. a site's own variant)."""
-    return Path(os.environ.get("CIDEMO_TERRAFORM_MODULE") or MODULE_DIR)
+    """The Terraform module: the package's (data/terraform), or CIDEMO_TERRAFORM_MODULE (one with
+    the same variables and outputs, e.g. a site's own variant)."""
+    return Path(os.environ.get("CIDEMO_TERRAFORM_MODULE") or TERRAFORM_MODULE)
 
 
 def _copy_module(target: Path) -> None:
     """Terraform runs in the site's own copy of the module, so two sites never share state."""
     source = module_dir()
     if not any(source.glob("*.tf")):
-        raise RenderError(f"CIDEMO_TERRAFORM_MODULE={source}: no *.tf files there")
+        where = (
+            f"CIDEMO_TERRAFORM_MODULE={source}"
+            if os.environ.get("CIDEMO_TERRAFORM_MODULE")
+            else f"the package's Terraform module {source} (an incomplete install?)"
+        )
+        raise RenderError(f"{where}: no *.tf files there")
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
     wanted = {p.name for p in source.glob("*.tf")}
     for old in target.glob("*.tf"):

@@ -57,6 +57,12 @@ def server_group_policy(site: Site) -> str:
     return SERVER_GROUP_POLICIES[(deis.anti_affinity if deis else None) or "hard"]
 
 
+def has_deis_builder(site: Site) -> bool:
+    """Whether the nodes run Deis v1's builder (git push on 2222): the coreos-legacy profile
+    installs the Deis platform; on Flatcar nothing listens there, so the port stays closed."""
+    return site.node_os == "coreos-legacy"
+
+
 def tfvars(site: Site, public_key: str, user_data: Mapping[str, Path]) -> dict[str, Any]:
     ips = site.private_ips()
     nodes = {}
@@ -77,6 +83,7 @@ def tfvars(site: Site, public_key: str, user_data: Mapping[str, Path]) -> dict[s
         "external_network": site.network.external_network,
         "dns_nameservers": [str(ip) for ip in site.network.dns],
         "admin_cidrs": [str(c) for c in site.admin_cidrs],
+        "deis_builder": has_deis_builder(site),
         "keypair_name": site.ssh.key_name,
         "deis_server_group_policy": server_group_policy(site),
         "ssh_public_key": public_key,

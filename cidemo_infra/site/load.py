@@ -48,7 +48,17 @@ def load_site(path: str | Path) -> Site:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SiteError(source, [f"cannot read: {exc}"]) from None
-    return parse_site(text, source)
+    site = parse_site(text, source)
+    build = site.environments.build
+    if build and not (path.parent / build / "Dockerfile").is_file():
+        raise SiteError(
+            source,
+            [
+                f"environments.build: {build!r} has no Dockerfile (the path is relative to the "
+                f"site file: {(path.parent / build).resolve()})"
+            ],
+        )
+    return site
 
 
 def parse_site(text: str, source: str = "<site>") -> Site:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import re
+import string
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
@@ -111,7 +113,9 @@ class Galera(_Strict):
         description="seconds the members wait for every member's position before a majority "
         "suffices",
     )
-    image: str | None = Field(None, description="override the image built from infra/images/galera")
+    image: str | None = Field(
+        None, description="override the image built from cidemo_infra/data/images/galera"
+    )
 
 
 class Proxy(_Strict):
@@ -123,7 +127,9 @@ class Proxy(_Strict):
 
 class Jenkins(_Strict):
     enabled: bool = True
-    image: str | None = Field(None, description="default: the project's image from infra/images")
+    image: str | None = Field(
+        None, description="default: the project's image from cidemo_infra/data/images"
+    )
     port: int = Field(8080, ge=1, le=65535)
 
 
@@ -142,6 +148,30 @@ class Services(_Strict):
 
 AppName = Annotated[str, StringConstraints(pattern=r"^[a-z]([a-z0-9-]{0,20}[a-z0-9])?$")]
 Branch = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]{1,100}$")]
+# an app named like another environment (`pr-5`: production's database is then PR 5's `pr_5`)
+ENVIRONMENT_LIKE_APP = re.compile(r"^(stage-|pr-[0-9]+(-|$))")
+# MariaDB's own databases: the production database is the app name with - -> _
+SYSTEM_DATABASES = ("mysql", "sys", "information_schema", "performance_schema")
+
+
+def app_name_problem(app: str) -> str | None:
+    """Why `app` cannot name an app: its environments' or databases' names would be those of
+    another environment, or of MariaDB's own databases; None when it can."""
+    if ENVIRONMENT_LIKE_APP.match(app):
+        return (
+            f"'{app}' is named like an environment (stage-<app>, pr-<n>-<app>), so its "
+            "environments or databases would collide with another's; choose a name that does "
+            "not start with 'stage-' or 'pr-<n>'"
+        )
+    if app.replace("-", "_") in SYSTEM_DATABASES:
+        return (
+            f"'{app}' would make production's database one of MariaDB's own "
+            f"({', '.join(SYSTEM_DATABASES)}); choose another name"
+        )
+    return None
+
+
+RepoName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9_.-]{1,100}$")]
 
 
 class Environments(_Strict):
@@ -164,6 +194,11 @@ class Environments(_Strict):
         Field(default_factory=list)
     )
     fork_label: str = "safe-to-deploy"
+    repository: RepoName | None = Field(
+        None,
+        description="owner/name of the GitHub repository whose events deploy; required by "
+        "`cidemo webhook serve`, events of other repositories change nothing",
+    )
     backup_dir: str | None = Field(None, description="default: <state dir>/backups")
     backup_container: str | None = Field(
         None,
@@ -175,6 +210,13 @@ class Environments(_Strict):
     deis_controller: str | None = Field(None, pattern=r"^https?://.+")
     app_env: dict[str, str] = Field(
         default_factory=dict, description="non-secret settings given to every environment"
+    )
+    build: str | None = Field(
+        None,
+        min_length=1,
+        description="local target: the app's source directory (a Dockerfile), relative to the "
+        "site file; provision builds `image` for a ref hashed from its files, and `env up` "
+        "without --ref runs it",
     )
 
 
@@ -285,10 +327,28 @@ def semantic_problems(site: Site) -> list[str]:
             f"the site has {deis}"
         )
     envs = site.environments
+    app_problem = app_name_problem(envs.app)
+    if app_problem:
+        problems.append(f"environments.app: {app_problem}")
     if envs.platform == "deis" and not envs.deis_controller:
         problems.append(
             "environments.deis_controller: required when environments.platform is 'deis' "
             "(the controller's URL, e.g. https://deis.example.com)"
+        )
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(envs.image) if f is not None}
+    except ValueError:
+        fields = {"(unbalanced braces)"}
+    unknown = sorted(fields - {"app", "sha"})
+    if unknown:
+        problems.append(
+            f"environments.image: '{envs.image}' has the unknown placeholder {{{unknown[0]}}}; "
+            "valid: {app}, {sha}"
+        )
+    if envs.build and site.target != "local":
+        problems.append(
+            "environments.build: only for target local (a cloud runs images from a registry; "
+            "build and push them in the app's CI)"
         )
     container = envs.backup_container
     if container and ("/" in container or len(container.encode()) > 256):

@@ -1,8 +1,9 @@
 """`cidemo webhook serve`: the GitHub webhook endpoint of one site, in the foreground.
 
 The secret comes from `CIDEMO_WEBHOOK_SECRET` or the state directory (`secrets/webhook_secret`),
-never from a flag. Commit statuses are posted when `CIDEMO_GITHUB_TOKEN` is set
-(`CIDEMO_GITHUB_API` for GitHub Enterprise). TLS is terminated in front of this server.
+never from a flag. Commit statuses are posted, and write access is asked of GitHub, when
+`CIDEMO_GITHUB_TOKEN` is set (`CIDEMO_GITHUB_API` for GitHub Enterprise). TLS is terminated in
+front of this server. The site must name its repository (`environments.repository`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 from typing import Any
 
 import click
 
 from cidemo_infra.options import load_site_and_state, site_option, state_option
+from cidemo_infra.pipeline.github import ApiUrlError, Collaborators
 from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.events import DeliverySettings
 from cidemo_infra.webhook.executor import make_executor
@@ -86,6 +89,23 @@ def delivery_settings(site: Any) -> DeliverySettings:
     return DeliverySettings(**values)
 
 
+def log_to_stderr() -> None:
+    """The server's log lines (`cidemo.*`, INFO) on stderr, whatever `cidemo` set up before:
+    without -v it gives the root logger only a NullHandler, which a basicConfig would keep."""
+    root = logging.getLogger()
+    if any(not isinstance(h, logging.NullHandler) for h in root.handlers):
+        return  # -v: the root logger prints everything already
+    logger = logging.getLogger("cidemo")
+    if any(getattr(h, "_cidemo_webhook", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    handler._cidemo_webhook = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 @click.group()
 def webhook() -> None:
     """Receive GitHub webhooks and turn them into environment changes."""
@@ -114,15 +134,31 @@ def serve(
     """Serve POST /github until SIGTERM or SIGINT, then drain the queue."""
     host, port = parse_listen(listen)
     site, state = load_site_and_state(site_path, state_dir)
-    state.ensure()
+    if "environments" not in site.model_fields_set:
+        raise BadUsage(
+            f"site '{site.name}' has no environments section: there is nothing for webhooks "
+            "to deploy; add one and run cidemo provision"
+        )
+    settings = delivery_settings(site)
+    if not settings.repository:
+        raise BadUsage(
+            f"{site_path}: environments.repository: required by `webhook serve`: the "
+            "owner/name of the GitHub repository whose events deploy (e.g. paulczar/ci-demo)"
+        )
     secret = webhook_secret(state)
     try:
         statuses = CommitStatusClient.from_env()
-    except StatusError as exc:
+        access = Collaborators.from_env()
+    except (StatusError, ApiUrlError) as exc:
         raise BadUsage(str(exc)) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    state.ensure()
+    log_to_stderr()
     if statuses is None:
-        log.warning("%s is not set: commit statuses will not be posted", TOKEN_ENV)
+        log.warning(
+            "%s is not set: commit statuses will not be posted, and only "
+            "environments.authorized_logins count as having write access",
+            TOKEN_ENV,
+        )
     try:
         server = WebhookServer(
             secret,
@@ -130,9 +166,10 @@ def serve(
             state.path / "webhook" / "deliveries.sqlite3",
             host=host,
             port=port,
-            settings=delivery_settings(site),
+            settings=settings,
             statuses=statuses,
             workers=workers,
+            access=access,
         )
     except OSError as exc:
         raise BadUsage(f"--listen {listen}: {exc.strerror or exc}") from None

@@ -9,7 +9,11 @@ the fields it needs. Who may deploy a preview:
 - a pull request from a fork only when a maintainer adds the label (the `labeled` event), at the
   commit the pull request has then, and marked `is_fork=True` so the executor never hands it the
   site's app secrets. Later pushes to the fork do not deploy, even while the label stays: a
-  maintainer who has looked at the new commits removes and adds the label again.
+  maintainer who has looked at the new commits removes and adds the label again. Whether the
+  label's sender may write to the repository is asked of GitHub by the server (`admission`).
+
+Only events of the site's repository (`environments.repository`) change anything: those of
+another repository (an organisation-wide hook) are ignored with the reason.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ TRUSTED_ASSOCIATIONS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 PREVIEW_ACTIONS = frozenset({"opened", "reopened", "synchronize"})
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _FULL_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_LOGIN = re.compile(r"^[A-Za-z0-9-]{1,39}(\[bot\])?$")
 
 
 class PayloadError(CidemoError):
@@ -41,6 +46,8 @@ class DeliverySettings:
     authorized_logins: tuple[str, ...] = ()
     fork_label: str = "safe-to-deploy"
     app: str = "ghost"
+    # owner/name; empty: no binding (`cidemo webhook serve` refuses to start without one)
+    repository: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,15 @@ class Ignored:
     reason: str
 
 
-Intent = PreviewUp | PreviewDown | StagingUp | ProductionUp | Ignored
+@dataclass(frozen=True)
+class Refused:
+    """An intent the delivery asked for and may not have (a replay, a label without write
+    access): changes nothing, like `Ignored`, but is recorded and logged as a warning."""
+
+    reason: str
+
+
+Intent = PreviewUp | PreviewDown | StagingUp | ProductionUp | Ignored | Refused
 
 
 @dataclass(frozen=True)
@@ -117,7 +132,7 @@ def commit_of(intent: Intent) -> str | None:
 
 
 def is_actionable(intent: Intent) -> bool:
-    return not isinstance(intent, Ignored)
+    return not isinstance(intent, Ignored | Refused)
 
 
 def map_event(event: str, payload: Any, settings: DeliverySettings) -> list[Intent]:
@@ -126,6 +141,15 @@ def map_event(event: str, payload: Any, settings: DeliverySettings) -> list[Inte
         raise PayloadError(f"payload: expected a JSON object, got {_kind(payload)}")
     if event == "ping":
         return []
+    if event in ("pull_request", "push") and settings.repository:
+        repo = repository_of(payload)
+        if repo.lower() != settings.repository.lower():
+            return [
+                Ignored(
+                    f"repository {repo} is not this site's ({settings.repository}); "
+                    "its events change nothing here"
+                )
+            ]
     if event == "pull_request":
         return [_pull_request(payload, settings)]
     if event == "push":
@@ -141,6 +165,28 @@ def repository_of(payload: Any) -> str:
     if not _FULL_NAME.match(name):
         raise PayloadError(f"repository.full_name: '{name}' is not owner/name")
     return name
+
+
+def sender_of(payload: Mapping[str, Any]) -> str:
+    """`sender.login`: who labelled or pushed."""
+    login = _field(payload, "sender.login", str)
+    if not _LOGIN.match(login):
+        raise PayloadError(f"sender.login: '{login[:80]}' is not a GitHub login")
+    return login
+
+
+def is_forced(payload: Mapping[str, Any]) -> bool:
+    """A push's `forced`: the branch was moved to a commit that does not descend from its last."""
+    return _field(payload, "forced", bool, nullable=True) is True
+
+
+def branch_of(intent: Intent, settings: DeliverySettings) -> str | None:
+    """The branch a push intent deploys from (the replay rule is kept per branch)."""
+    if isinstance(intent, StagingUp):
+        return settings.staging_branch
+    if isinstance(intent, ProductionUp):
+        return settings.production_branch
+    return None
 
 
 def _pull_request(payload: Mapping[str, Any], settings: DeliverySettings) -> Intent:

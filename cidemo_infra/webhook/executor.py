@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 from cidemo_infra.console import Reporter
-from cidemo_infra.envs import names, operations, records
+from cidemo_infra.envs import names, records
+from cidemo_infra.pipeline import operations
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.events import (

@@ -6,19 +6,30 @@ with its own request-size limit, which suits a small synchronous endpoint in fro
 A request goes through, in order: path (404), method (405), size (413: a body is bounded before
 it is read), signature over the raw body (401), content type (415), GitHub's headers (400), the
 delivery log (200 "duplicate delivery"), JSON and the event mapping (400), then 202: queued, or
-ignored with the reason (503 when the queue is full). A request without the right signature gets
-401 whatever else is wrong with it. Nothing is parsed before the signature matched and nothing
-is queued twice. Workers run the intents through an
-`IntentExecutor`; intents of one pull request run one at a time in arrival order. Each request is
-logged on one line: delivery id, event, action, verdict. Bodies and secrets are never logged.
+ignored with the reason (503 when the queue is full or GitHub did not answer whether the sender
+may write; the delivery is then forgotten, so its redelivery can succeed). A request without
+the right signature gets 401 whatever else is wrong with it. Nothing is parsed before the
+signature matched and nothing is queued twice. Before queueing, `admission` refuses what the
+delivery may not have (a label without write access, a replayed push): 202 with the reason.
+Workers run the intents through an `IntentExecutor`; intents of one pull request run one at a
+time in arrival order. Each request is logged on one line: delivery id, event, action, verdict.
+Bodies and secrets are never logged. Commit statuses say only what happened; why a deploy
+failed is in the log, under a reference id.
+
+Slow clients cannot hold the server: a connection must finish its request within
+`request_timeout` seconds of opening (idle ones go after `idle_timeout`), one peer address holds
+at most `max_per_peer` connections, and all peers together `max_connections`.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import re
+import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -28,10 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import waitress
 from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from cidemo_infra.webhook import signature
+from cidemo_infra.webhook.admission import AccessUnknown, Admission, PushLog, WriteAccess
 from cidemo_infra.webhook.events import (
     DeliverySettings,
     ExecutionResult,
@@ -41,6 +55,7 @@ from cidemo_infra.webhook.events import (
     PreviewDown,
     PreviewUp,
     ProductionUp,
+    Refused,
     StagingUp,
     commit_of,
     is_actionable,
@@ -54,6 +69,11 @@ PATH = "/github"
 MAX_BODY = 5 * 1024 * 1024
 MAX_QUEUED = 1000
 DELIVERY_LOG_SIZE = 10_000
+REQUEST_TIMEOUT = 10.0  # seconds from connect to a complete request (GitHub sends at once)
+IDLE_TIMEOUT = 5.0
+MAX_CONNECTIONS = 64
+MAX_PER_PEER = 16
+MAX_INT_DIGITS = 40  # no field GitHub sends is a longer number
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 _EVENT = re.compile(r"^[a-z_]{1,64}$")
 _CONTEXTS = {
@@ -245,9 +265,13 @@ class IntentRunner:
             result = self.executor.execute(intent)
         except Exception as exc:  # the executor's failure is reported, not raised
             result = ExecutionResult(url=None, ok=False, detail=f"{type(exc).__name__}: {exc}")
-        log.info(
-            "delivery=%s intent=%s ok=%s url=%s detail=%s",
+        # the detail names internal hosts and addresses: it stays here, GitHub gets the ref
+        ref = secrets.token_hex(4)
+        log.log(
+            logging.INFO if result.ok else logging.WARNING,
+            "delivery=%s ref=%s intent=%s ok=%s url=%s detail=%s",
             work.delivery,
+            ref,
             _describe(intent),
             result.ok,
             result.url or "-",
@@ -256,7 +280,9 @@ class IntentRunner:
         if result.ok:
             self._status(work, "success", f"{_describe(intent)} is up", result.url)
         else:
-            self._status(work, "failure", _one_line(result.detail) or "deploy failed", None)
+            self._status(
+                work, "failure", f"deploy failed; ref {ref} in the webhook server's log", None
+            )
 
     def _status(self, work: Work, state: State, description: str, url: str | None) -> None:
         sha = commit_of(work.intent)
@@ -279,6 +305,7 @@ class WebhookApp:
         deliveries: DeliveryLog,
         queue: OrderedWorkQueue,
         max_body: int = MAX_BODY,
+        admission: Admission | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the webhook secret is empty")
@@ -287,6 +314,7 @@ class WebhookApp:
         self.deliveries = deliveries
         self.queue = queue
         self.max_body = max_body
+        self.admission = admission
 
     def __repr__(self) -> str:
         return f"WebhookApp(settings={self.settings!r})"
@@ -361,14 +389,25 @@ class WebhookApp:
             if isinstance(action, str):
                 line["action"] = action[:40]
             intents = map_event(event, payload, self.settings)
+            if self.admission is not None and any(is_actionable(i) for i in intents):
+                intents = self.admission.admit(delivery, payload, intents)
             actionable = [i for i in intents if is_actionable(i)]
             repo = repository_of(payload) if actionable else ""
         except PayloadError as exc:
             line["verdict"] = f"bad payload: {exc}"
             return 400, f"bad payload: {exc}"
+        except AccessUnknown as exc:
+            line["verdict"] = f"unanswered: {exc}"
+            return 503, "could not check the sender's write access; GitHub may redeliver later"
         if event == "ping":
             line["verdict"] = "pong"
             return 200, "pong"
+        refused = [i.reason for i in intents if isinstance(i, Refused)]
+        if refused and not actionable:
+            reasons = "; ".join(refused)
+            log.warning("delivery=%s refused: %s", delivery, _one_line(reasons))
+            line["verdict"] = f"refused: {reasons}"
+            return 202, f"refused: {reasons}"
         if not actionable:
             reasons = "; ".join(getattr(i, "reason", "") for i in intents)
             line["verdict"] = f"ignored: {reasons}"
@@ -398,17 +437,29 @@ class WebhookServer:
         workers: int = 2,
         max_body: int = MAX_BODY,
         max_queued: int = MAX_QUEUED,
+        access: WriteAccess | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        max_per_peer: int = MAX_PER_PEER,
     ) -> None:
+        settings = settings or DeliverySettings()
+        if not settings.repository:
+            raise ValueError("settings.repository is empty: the server acts for one repository")
         self.deliveries = DeliveryLog(delivery_log)
+        self.pushes = PushLog(delivery_log)
         self.queue = OrderedWorkQueue(IntentRunner(executor, statuses), workers, max_queued)
         self.app = WebhookApp(
-            secret, settings or DeliverySettings(), self.deliveries, self.queue, max_body
+            secret,
+            settings,
+            self.deliveries,
+            self.queue,
+            max_body,
+            Admission(settings, self.pushes, access),
         )
         self._map: dict[int, Any] = {}
         try:
-            self._server = waitress.create_server(
-                self.app,
-                map=self._map,
+            adj = Adjustments(
                 host=host,
                 port=port,
                 threads=4,
@@ -416,10 +467,25 @@ class WebhookServer:
                 max_request_body_size=max_body,
                 ident="cidemo-webhook",
                 clear_untrusted_proxy_headers=True,
+                connection_limit=max_connections,
+                channel_timeout=idle_timeout,
+                cleanup_interval=min(1.0, request_timeout / 2),
+            )
+            tasks = ThreadedTaskDispatcher()
+            tasks.set_thread_count(adj.threads)
+            self._server = _GuardedServer(
+                self.app,
+                map=self._map,
+                dispatcher=tasks,
+                adj=adj,
+                sockinfo=adj.listen[0],
+                request_timeout=request_timeout,
+                max_per_peer=max_per_peer,
             )
         except BaseException:
             self.queue.shutdown(0)
             self.deliveries.close()
+            self.pushes.close()
             raise
         self._thread: threading.Thread | None = None
         self._stop_requested = threading.Event()
@@ -477,6 +543,7 @@ class WebhookServer:
         if left:
             log.warning("%d queued intent(s) dropped at shutdown", left)
         self.deliveries.close()
+        self.pushes.close()
         return left
 
     def __enter__(self) -> WebhookServer:
@@ -484,6 +551,48 @@ class WebhookServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _GuardedServer(TcpWSGIServer):
+    """Waitress' TCP server with a deadline per request and a cap on connections per peer."""
+
+    def __init__(
+        self, *args: Any, request_timeout: float, max_per_peer: int, **kwargs: Any
+    ) -> None:
+        self.request_timeout = request_timeout
+        self.max_per_peer = max_per_peer
+        self._capped: set[str] = set()  # peers refused since the last maintenance (one line each)
+        super().__init__(*args, **kwargs)
+
+    def handle_accept(self) -> None:
+        try:
+            accepted = self.accept()
+            if accepted is None:
+                return
+            conn, addr = accepted
+            self.set_socket_options(conn)
+        except OSError:
+            return
+        peer = addr[0] if isinstance(addr, tuple) else addr
+        held = sum(1 for c in self.active_channels.values() if c.addr and c.addr[0] == peer)
+        if held >= self.max_per_peer:
+            if peer not in self._capped:
+                self._capped.add(peer)
+                log.warning("peer %s holds %d connections: closing its new ones", peer, held)
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+            return
+        self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)
+        self._capped.clear()
+        cutoff = now - self.request_timeout
+        for channel in self.active_channels.values():
+            # `requests` holds complete requests being answered; a partial one does not count
+            if not channel.requests and channel.creation_time < cutoff:
+                channel.will_close = True
 
 
 _STATUS = {
@@ -519,9 +628,18 @@ def _decode(media: str, body: bytes) -> Any:
         except UnicodeDecodeError:
             raise PayloadError("body is not UTF-8") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"body is not JSON ({exc.msg} at char {exc.pos})") from None
+    except RecursionError:
+        raise PayloadError("body nests too deeply") from None
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        # int() of 4300+ digits raises ValueError, and its cost grows with the square of them
+        raise PayloadError(f"body has a number of {len(text)} digits")
+    return int(text)
 
 
 def _describe(intent: Intent) -> str:

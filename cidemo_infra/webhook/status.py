@@ -18,6 +18,7 @@ import urllib3
 from urllib3.util.retry import Retry
 
 from cidemo_infra.errors import CidemoError
+from cidemo_infra.pipeline.github import ApiUrlError, checked_api_url
 
 DEFAULT_API = "https://api.github.com"
 TOKEN_ENV = "CIDEMO_GITHUB_TOKEN"
@@ -71,9 +72,10 @@ class CommitStatusClient:
     ) -> None:
         if not token:
             raise StatusError(f"no GitHub token: set {TOKEN_ENV} to post commit statuses")
-        if not api_url.startswith(("https://", "http://")):
-            raise StatusError(f"GitHub API URL '{api_url}' must start with https:// or http://")
-        self.api_url = api_url.rstrip("/")
+        try:
+            self.api_url = checked_api_url(api_url)
+        except ApiUrlError as exc:
+            raise StatusError(str(exc)) from None
         self._token = token
         self._http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),

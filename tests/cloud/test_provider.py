@@ -27,6 +27,7 @@ import yaml
 from openstack.connection import Connection
 
 from cidemo_infra.cloud import find
+from cidemo_infra.data import TERRAFORM_MODULE
 from cidemo_infra.inventory import Inventory
 from cidemo_infra.state import StateDir
 from tests.cloud.conftest import EXTERNAL_NETWORK, FLAVOR_DEIS, FLAVOR_STANDALONE, IMAGE, merge
@@ -34,7 +35,7 @@ from tests.conftest import REPO, SITES, run_cidemo
 from tests.support.tfschema import load_hcl
 
 pytestmark = pytest.mark.cloud
-MODULE = REPO / "terraform"
+MODULE = TERRAFORM_MODULE
 ADMINS = "203.0.113.0/24"
 
 
@@ -204,13 +205,13 @@ def test_plan_provision_replan_destroy_with_the_real_provider(
     }
     assert from_cluster == {(p["protocol"], p["port"]) for p in local["cluster_ports"].values()}
     world = [r for r in ingress if r.remote_ip_prefix == "0.0.0.0/0"]
-    assert sorted(r.port_range_min for r in world) == [80, 443, 2222]
+    assert sorted(r.port_range_min for r in world) == [80, 443]  # no Deis builder on Flatcar
     assert all(r.security_group_id == public.id for r in world)
     admins = {
         (r.security_group_id, r.port_range_min) for r in ingress if r.remote_ip_prefix == ADMINS
     }
     assert admins == {(public.id, 22), (cluster.id, 2376)}
-    assert len(ingress) == len(local["cluster_ports"]) + 3 + 2
+    assert len(ingress) == len(local["cluster_ports"]) + 2 + 2
 
     keypair = conn.compute.find_keypair(f"{site.name}-key", ignore_missing=False)
     assert keypair.public_key.split()[:2] == public_key.split()[:2]

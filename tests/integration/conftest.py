@@ -19,7 +19,7 @@ import docker
 import pytest
 import yaml
 
-from cidemo_infra.engines import ENGINE_ERRORS
+from cidemo_infra.engines import ENGINE_ERRORS, negotiated_client
 from cidemo_infra.errors import EngineError
 from tests.conftest import Run, need, run_cidemo
 
@@ -29,11 +29,10 @@ LABEL_SITE = "io.cidemo.site"
 @pytest.fixture(scope="session")
 def engine() -> docker.DockerClient:
     try:
-        client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
-        client.ping()
-    except docker.errors.DockerException as exc:
+        return negotiated_client("unix:///var/run/docker.sock", node="test")
+    except EngineError as exc:
         need(False, f"a Docker engine at unix:///var/run/docker.sock ({exc})")
-    return client
+        raise
 
 
 def free_port() -> int:

@@ -15,6 +15,7 @@ import json
 import random
 import secrets
 import shutil
+import zlib
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -25,8 +26,8 @@ import pymysql
 import pytest
 import yaml
 
-from cidemo_infra.envs import backup as backup_module
-from cidemo_infra.envs.backup import (
+from cidemo_infra.backups import backup as backup_module
+from cidemo_infra.backups.backup import (
     BackupError,
     backup_database,
     checksum_table,
@@ -35,7 +36,7 @@ from cidemo_infra.envs.backup import (
     restore_database,
     verify_backup,
 )
-from cidemo_infra.envs.database import (
+from cidemo_infra.databases.database import (
     DatabaseError,
     clone_database,
     connect,
@@ -54,6 +55,7 @@ PRODUCTION_TABLES = ["authors", "events", "post_tags", "posts", "settings", "sub
 ER_TABLEACCESS_DENIED = 1142
 ER_DBACCESS_DENIED = 1044
 ER_ACCESS_DENIED = 1045
+KEY = secrets.token_urlsafe(32).encode()  # the site's backup key (secrets/backup_key)
 
 
 @pytest.fixture(scope="module")
@@ -361,7 +363,7 @@ def production(conn: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A production database unlike staging (other rows, a table staging lacks), backed up."""
     seed(conn, "production", random.Random(11), 900, "subscribers")
     dest = tmp_path_factory.mktemp("backups")
-    return backup_database(conn, "production", dest)
+    return backup_database(conn, "production", dest, KEY)
 
 
 def test_backup_is_private_complete_and_verifiable(production: Path) -> None:
@@ -371,14 +373,14 @@ def test_backup_is_private_complete_and_verifiable(production: Path) -> None:
     files = sorted(p.name for p in production.iterdir())
     assert files == sorted(["manifest.json", *(f"{t}.jsonl.gz" for t in PRODUCTION_TABLES)])
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in production.iterdir())
-    manifest = verify_backup(production)
-    assert manifest.database == "production"
+    manifest = verify_backup(production, KEY)
+    assert manifest.database == "production" and manifest.is_authenticated
     assert sorted(t.name for t in manifest.tables) == PRODUCTION_TABLES
     assert dict((t.name, t.rows) for t in manifest.tables)["posts"] == 900
 
 
 def test_restore_production_into_staging(conn: Any, members: list[Any], production: Path) -> None:
-    manifest = restore_database(conn, production, "staging")
+    manifest = restore_database(conn, production, "staging", KEY)
     tables = {
         r[0] for r in sql(conn, "SHOW FULL TABLES FROM staging WHERE Table_type = 'BASE TABLE'")
     }
@@ -420,7 +422,7 @@ def corrupt_row(backup: Path) -> None:
     ("corrupt", "message"),
     [
         (corrupt_flip, r"posts\.jsonl\.gz: (damaged|line \d+ of table .posts.)"),
-        (corrupt_row, r"authors\.jsonl\.gz: table 'authors' does not match"),
+        (corrupt_row, r"authors\.jsonl\.gz: (holds more|shorter) than the manifest says"),
     ],
     ids=["flipped-byte", "changed-row"],
 )
@@ -437,28 +439,128 @@ def test_a_corrupted_backup_is_refused_and_staging_untouched(
     corrupt(copy)
     before = fingerprints(members, conn, "staging")
     with pytest.raises(BackupError, match=message):
-        restore_database(conn, copy, "staging")
+        restore_database(conn, copy, "staging", KEY)
     assert_staging_untouched(conn, members, before)
+
+
+def set_table(backup: Path, table: str, lines: list[bytes]) -> None:
+    """Replace a table file with these lines, in the manifest too (size, checksum, header),
+    without signing it again: what someone with write access to the store can do."""
+    data = b"".join(line + b"\n" for line in lines)
+    (backup / f"{table}.jsonl.gz").write_bytes(gzip.compress(data))
+    digest = backup_module.RowDigest()
+    for line in lines[1:]:
+        digest.add(line)
+    manifest = json.loads((backup / "manifest.json").read_text())
+    for entry in manifest["tables"]:
+        if entry["name"] == table:
+            entry.update(bytes=len(data), checksum=digest.checksum, rows=digest.rows)
+            entry["create"] = json.loads(lines[0])["create"]
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+
+
+def sign(backup: Path, key: bytes = KEY) -> None:
+    """Authenticate a backup's manifest again: what only the site's key can do."""
+    manifest = json.loads((backup / "manifest.json").read_text())
+    manifest["hmac_sha256"] = backup_module.manifest_mac(manifest, key)
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+
+
+def table_lines(backup: Path, table: str) -> list[bytes]:
+    return gzip.decompress((backup / f"{table}.jsonl.gz").read_bytes()).split(b"\n")[:-1]
+
+
+def with_create(backup: Path, table: str, old: str, new: str) -> None:
+    lines = table_lines(backup, table)
+    header = json.loads(lines[0])
+    assert old in header["create"]
+    header["create"] = header["create"].replace(old, new)
+    set_table(backup, table, [json.dumps(header).encode(), *lines[1:]])
+
+
+def tamper_data_directory(backup: Path) -> None:
+    with_create(backup, "posts", " ENGINE=InnoDB", " DATA DIRECTORY='/tmp' ENGINE=InnoDB")
+
+
+def tamper_row(backup: Path) -> None:
+    lines = table_lines(backup, "authors")
+    row = decode_row(lines[3], len(json.loads(lines[3])))
+    row[1] = "changed, and the manifest with it"
+    lines[3] = encode_row(row)
+    set_table(backup, "authors", lines)
+
+
+def tamper_gzip_bomb(backup: Path) -> None:
+    """A 400 KB gzip member with no newline (about 400 MB decompressed) for a table file."""
+    out = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"[" * (1 << 20)
+    member = b"".join([out.compress(block) for _ in range(400)] + [out.flush()])
+    assert 300_000 < len(member) < 500_000
+    (backup / "posts.jsonl.gz").write_bytes(member)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "signed", "refusal"),
+    [
+        (tamper_data_directory, False, r"manifest\.json: authentication failed"),
+        (tamper_data_directory, True, r"'posts': CREATE TABLE refused: table option DATA DIREC"),
+        (tamper_row, False, r"manifest\.json: authentication failed"),
+        (tamper_gzip_bomb, False, r"posts\.jsonl\.gz: holds more than the manifest says"),
+    ],
+    ids=["data-directory", "data-directory-signed", "modified-row", "gzip-bomb"],
+)
+def test_a_tampered_backup_is_refused_and_nothing_changes(
+    conn: Any,
+    members: list[Any],
+    production: Path,
+    tmp_path: Path,
+    tamper: Any,
+    signed: bool,
+    refusal: str,
+) -> None:
+    """Backups kept where others can write: each tampering is one line, and neither staging,
+    the server's databases nor its file system (DATA DIRECTORY='/tmp') changes."""
+    copy = tmp_path / production.name
+    shutil.copytree(production, copy)
+    tamper(copy)
+    if signed:
+        sign(copy)
+    before = fingerprints(members, conn, "staging")
+    files_before = [m.exec_run(["ls", "-A", "/tmp"]).output for m in members]
+    with pytest.raises(BackupError, match=refusal) as caught:
+        restore_database(conn, copy, "staging", KEY)
+    assert "\n" not in str(caught.value)
+    assert_staging_untouched(conn, members, before)
+    assert [m.exec_run(["ls", "-A", "/tmp"]).output for m in members] == files_before
+
+
+def test_a_production_table_a_restore_would_refuse_is_not_backed_up(
+    conn: Any, tmp_path: Path
+) -> None:
+    sql(conn, "CREATE DATABASE parted")
+    try:
+        sql(conn, "CREATE TABLE parted.t (id int PRIMARY KEY) PARTITION BY HASH (id) PARTITIONS 2")
+        with pytest.raises(BackupError, match=r"cannot back up `parted`\.`t`: .*PARTITION BY"):
+            backup_database(conn, "parted", tmp_path, KEY)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        sql(conn, "DROP DATABASE parted")
 
 
 def test_a_schema_that_changes_the_rows_is_caught_in_the_database(
     conn: Any, members: list[Any], production: Path, tmp_path: Path
 ) -> None:
-    """The files verify (their rows match the manifest), but the tampered CREATE TABLE rounds
+    """Defence in depth: even a CREATE TABLE signed with the site's key is checked against the
+    rows. The files verify (their rows match the manifest), but the changed CREATE TABLE rounds
     the prices as they load: only the checksum recomputed in the database can see it."""
     copy = tmp_path / production.name
     shutil.copytree(production, copy)
-    file = copy / "posts.jsonl.gz"
-    lines = gzip.decompress(file.read_bytes()).split(b"\n")
-    header = json.loads(lines[0])
-    assert "decimal(12,4)" in header["create"]
-    header["create"] = header["create"].replace("decimal(12,4)", "decimal(12,2)")
-    lines[0] = json.dumps(header).encode()
-    file.write_bytes(gzip.compress(b"\n".join(lines)))
-    verify_backup(copy)
+    with_create(copy, "posts", "decimal(12,4)", "decimal(12,2)")
+    sign(copy)
+    verify_backup(copy, KEY)
     before = fingerprints(members, conn, "staging")
     with pytest.raises(BackupError, match=r"restored `staging__restore_\d+`: table 'posts' does"):
-        restore_database(conn, copy, "staging")
+        restore_database(conn, copy, "staging", KEY)
     assert_staging_untouched(conn, members, before)
 
 
@@ -477,7 +579,7 @@ def test_a_failing_swap_leaves_staging_untouched(
     monkeypatch.setattr(backup_module, "execute", failing_rename)
     before = fingerprints(members, conn, "staging")
     with pytest.raises(BackupError, match=r"restore into staging: .*no_such_table"):
-        restore_database(conn, production, "staging")
+        restore_database(conn, production, "staging", KEY)
     assert_staging_untouched(conn, members, before)
 
 
@@ -491,7 +593,7 @@ def test_a_target_with_triggers_is_refused_up_front(
     try:
         before = fingerprints(members, conn, "staging")
         with pytest.raises(BackupError, match="it has trigger `keep`"):
-            restore_database(conn, production, "staging")
+            restore_database(conn, production, "staging", KEY)
         assert_staging_untouched(conn, members, before)
     finally:
         sql(conn, "DROP TRIGGER staging.keep")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -37,7 +39,7 @@ import yaml
 from cidemo_infra import images
 from cidemo_infra.console import Reporter
 from cidemo_infra.envs import records
-from cidemo_infra.envs.swarm import remove_site_apps
+from cidemo_infra.placement.teardown import remove_site_apps
 from cidemo_infra.registry.keys import Registry
 from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.signature import sign
@@ -65,7 +67,7 @@ GITHUB_TOKEN = "ghp_" + secrets.token_hex(18)  # a made-up token the recording s
 # `cidemo env` is registered in the CLI by the lead; this runs the same entry point with it added.
 ENV_CLI = (
     "import sys; from cidemo_infra.cli import cli, main; "
-    "from cidemo_infra.envs.commands import env; cli.add_command(env); main(sys.argv[1:])"
+    "from cidemo_infra.pipeline.commands import env; cli.add_command(env); main(sys.argv[1:])"
 )
 T = TypeVar("T")
 
@@ -259,6 +261,7 @@ def site(
             "router_port": free_port(),
             "max_previews": 2,
             "preview_ttl_hours": 24,
+            "repository": "paulczar/ci-demo",  # the fixtures' repository
         },
     )
     try:
@@ -301,6 +304,7 @@ def envs(site: TestSite) -> Iterator[Env]:
     port = free_port()
     log = (site.state / "webhook.log").open("w")
     github = RecordingGitHub().__enter__()
+    github.permissions["paulczar"] = "admin"  # the fixtures' maintainer, who labels fork PRs
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIDEMO_GITHUB")}
     env |= {"CIDEMO_GITHUB_API": github.url, "CIDEMO_GITHUB_TOKEN": GITHUB_TOKEN}
     server = subprocess.Popen(
@@ -441,6 +445,53 @@ def test_synchronize_runs_the_new_commit_on_the_same_database(
     )
     assert [e["message"] for e in page["entries"]] == [*STAGE_ROWS, "written in the preview"]
     assert service_image(engine, envs.site, env) == f"cidemo/guestbook:{SHA_B}"
+
+
+def public_secret_name(site: str, env: str, key: str, value: str) -> str:
+    """Swarm secret names before: an HMAC keyed with what the secret's labels show."""
+    digest = hmac.new(f"{site}/{env}/{key}".encode(), value.encode(), hashlib.sha256)
+    return f"cidemo-{site}-{digest.hexdigest()[:20]}"
+
+
+def secret_names(engine: docker.DockerClient, site: TestSite, env: str) -> dict[str, str]:
+    flt = {"label": [f"io.cidemo.site={site.name}", f"io.cidemo.env={env}"]}
+    return {
+        s["Spec"]["Name"]: s["Spec"]["Labels"]["io.cidemo.secret"]
+        for s in engine.api.secrets(filters=flt)
+    }
+
+
+def test_secret_names_reveal_nothing_and_can_change_under_a_running_preview(
+    engine: docker.DockerClient, envs: Env
+) -> None:
+    env = f"pr-{PR_ONE}-{APP}"
+    values = {
+        "DB_PASS": envs.site.secret(f"app-db-{env}"),
+        APP_SECRET: envs.site.secret(f"app/{APP_SECRET}"),
+    }
+    before = secret_names(engine, envs.site, env)
+    assert sorted(before.values()) == sorted(values)
+    # `docker secret ls` and the labels give site, env and key: a right guess used to match
+    for name, key in before.items():
+        assert name != public_secret_name(envs.site.name, env, key, values[key])
+
+    # names made under another key (or an earlier version's scheme) roll the running preview
+    # onto new secrets on the next up, and the old ones go
+    (envs.site.state / "secrets" / "swarm_secret_names").unlink()
+    for _ in range(3):  # a secret a stopping task still holds goes with a later up
+        # --lock-wait: the webhook's worker may still hold the lock of the synchronize
+        result = envs.cli("up", "--pr", str(PR_ONE), "--ref", SHA_B, "--lock-wait", "300")
+        assert result.rc == 0, result.err
+        if not set(before) & set(secret_names(engine, envs.site, env)):
+            break
+    after = secret_names(engine, envs.site, env)
+    assert sorted(after.values()) == sorted(values) and not set(after) & set(before)
+    spec = service(engine, envs.site, env)
+    assert spec is not None
+    mounted = spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]
+    assert {m["SecretName"] for m in mounted} == set(after)
+    page = wait_for(f"{env} serving with its new secrets", lambda: envs.serving(env, SHA_B))
+    assert [e["message"] for e in page["entries"]] == [*STAGE_ROWS, "written in the preview"]
 
 
 def test_a_replayed_delivery_does_nothing(engine: docker.DockerClient, envs: Env) -> None:
@@ -666,6 +717,46 @@ def test_refresh_staging_restores_production_into_staging(envs: Env) -> None:
         30,
     )
     assert [e["message"] for e in page["entries"]] == production
+    assert (envs.site.state / "secrets" / "backup_key").stat().st_mode & 0o777 == 0o600
+
+
+def one_error_line(result: Run) -> str:
+    lines = [line for line in result.err.splitlines() if line.startswith("cidemo:")]
+    assert len(lines) == 1, result.err
+    return lines[0]
+
+
+def test_refresh_staging_refuses_a_tampered_or_unauthenticated_backup(envs: Env) -> None:
+    """Through the command: the stored backup with a row and its checksum changed fails its
+    authentication; a format-1 backup restores only with --allow-unauthenticated."""
+    (stored,) = (envs.site.state / "backups").iterdir()
+    manifest_file = stored / "manifest.json"
+    original = manifest_file.read_bytes()
+    staged = envs.rows("stage_guestbook")
+    manifest = json.loads(original)
+    manifest["tables"][0]["checksum"] = "0" * 64  # what a changed row would need
+    manifest_file.write_text(json.dumps(manifest))
+    tampered = envs.cli("refresh-staging", "--yes", "--from", stored.name)
+    assert tampered.rc == 1
+    assert "manifest.json: authentication failed" in one_error_line(tampered)
+    assert envs.rows("stage_guestbook") == staged
+
+    legacy = json.loads(original)
+    legacy["format"] = 1
+    for key in ("key_id", "hmac_sha256"):
+        del legacy[key]
+    for table in legacy["tables"]:
+        table.pop("bytes")
+    manifest_file.write_text(json.dumps(legacy))
+    refused = envs.cli("refresh-staging", "--yes", "--from", stored.name)
+    assert refused.rc == 1
+    assert "format 1, made before backups were authenticated" in one_error_line(refused)
+    alone = envs.cli("refresh-staging", "--yes", "--allow-unauthenticated")
+    assert alone.rc == 2 and "only with --from NAME" in one_error_line(alone)
+    allowed = envs.cli("refresh-staging", "--yes", "--from", stored.name, "--allow-unauthenticated")
+    assert allowed.rc == 0, allowed.err
+    assert envs.rows("stage_guestbook") == staged
+    manifest_file.write_bytes(original)
 
 
 def test_a_failed_restore_still_ends_staging_maintenance(envs: Env) -> None:
@@ -774,7 +865,8 @@ def test_refresh_staging_through_object_storage(
     missing = envs.cli(
         "refresh-staging", "--yes", "--from", "guestbook-20000101T000000Z", site=site_file
     )
-    assert missing.rc == 1 and "no such complete backup" in missing.err, missing.err
+    # a backup that is not in the store is refused before anything is locked or fetched
+    assert missing.rc == 2 and "no such complete backup" in missing.err, missing.err
     assert envs.rows("stage_guestbook") == refreshed
 
 

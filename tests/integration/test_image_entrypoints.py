@@ -1,6 +1,6 @@
 """The service images refuse a bad environment at start: one FATAL line, exit 1, nothing
 registered. The identity (ETCD_URL, NODE_ADDRESS, TTL) is checked by one function of the images'
-shared library (infra/images/common/etcd.sh) for every image that registers itself."""
+shared library (cidemo_infra/data/images/common/etcd.sh) for every image that registers itself."""
 
 from __future__ import annotations
 

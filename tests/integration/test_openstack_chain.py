@@ -28,6 +28,7 @@ import yaml
 
 from cidemo_infra import lifecycle
 from cidemo_infra.console import Reporter
+from cidemo_infra.data import TERRAFORM_MODULE
 from cidemo_infra.engines import client_for
 from cidemo_infra.errors import EngineError
 from cidemo_infra.inventory import Inventory
@@ -171,7 +172,7 @@ def test_outputs_to_inventory_to_placement_over_tls(
     site = load_site(chain.site_path)
     module = chain.work / "standin-module"  # the real contract (variables.tf), stand-in resources
     module.mkdir(exist_ok=True)
-    shutil.copy(REPO / "terraform/variables.tf", module / "variables.tf")
+    shutil.copy(TERRAFORM_MODULE / "variables.tf", module / "variables.tf")
     shutil.copy(REPO / "tests/data/terraform/standin-openstack/main.tf", module / "main.tf")
     monkeypatch.setenv("CIDEMO_TERRAFORM_MODULE", str(module))
     render_site(site, chain.state, str(chain.site_path))

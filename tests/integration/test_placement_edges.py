@@ -16,6 +16,7 @@ import pytest
 
 from cidemo_infra import lifecycle
 from cidemo_infra.console import Reporter
+from cidemo_infra.engines import negotiated_client
 from cidemo_infra.galera.member import member_status
 from cidemo_infra.registry.keys import Registry, guard_key
 from cidemo_infra.site import load_site
@@ -110,9 +111,7 @@ def second_engine(engine) -> Iterator[tuple[str, docker.DockerClient]]:
     url = f"unix://{root / 'docker.sock'}"
 
     def connect() -> docker.DockerClient:
-        client = docker.DockerClient(base_url=url, version="1.41")
-        client.ping()
-        return client
+        return negotiated_client(url, node="engine2")
 
     with spare_dockerd(root, url, connect) as client:
         yield url, client

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
+from cidemo_infra.data import TERRAFORM_MODULE
 from cidemo_infra.errors import UsageError
 from cidemo_infra.terraform import TerraformDriver, terraform_binary
 from tests.conftest import REPO, need
 
 pytestmark = pytest.mark.integration
-MODULE = REPO / "terraform"
+MODULE = TERRAFORM_MODULE
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,18 @@
 """The real webhook server (waitress on 127.0.0.1) against signed and unsigned deliveries.
 
-Environments are not touched: intents go to `RecordingExecutor`, and commit statuses go to
-`RecordingGitHub` (tests/support/recording_github.py), both test doubles that only record.
+Environments are not touched: intents go to `RecordingExecutor`, and commit statuses and
+write-access questions go to `RecordingGitHub` (tests/support/recording_github.py), both test
+doubles that only record (the stand-in answers permissions from a table).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,10 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
+from cidemo_infra.pipeline.github import Collaborators
 from cidemo_infra.webhook.commands import parse_listen, webhook
 from cidemo_infra.webhook.events import (
+    DeliverySettings,
     ExecutionResult,
     Intent,
     PreviewDown,
@@ -47,6 +53,8 @@ DATA = REPO / "tests" / "data" / "github"
 SECRET = "test-webhook-secret-0123456789"
 TOKEN = "test-github-token-abcdef"
 HEAD = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
+REPOSITORY = "paulczar/ci-demo"  # the fixtures' repository
+MAINTAINER = "paulczar"  # the fixtures' sender of labels and pushes
 
 
 @dataclass
@@ -129,6 +137,7 @@ def deliver(server: WebhookServer, name: str, delivery: str | None = None) -> tu
 @pytest.fixture
 def github() -> Iterator[RecordingGitHub]:
     with RecordingGitHub() as recorder:
+        recorder.permissions[MAINTAINER] = "admin"
         yield recorder
 
 
@@ -141,6 +150,8 @@ def make_server(
     tmp_path: Path, executor: RecordingExecutor, github: RecordingGitHub | None, **kw: Any
 ) -> WebhookServer:
     statuses = CommitStatusClient(TOKEN, github.url, backoff=0.01) if github else None
+    kw.setdefault("access", Collaborators(TOKEN, github.url) if github else None)
+    kw.setdefault("settings", DeliverySettings(repository=REPOSITORY))
     return WebhookServer(
         SECRET,
         executor,
@@ -174,6 +185,10 @@ def _bad_requests() -> list[tuple[str, str, str, bytes, dict[str, str], int]]:
     form_bad_json = urllib.parse.urlencode({"payload": good.decode()[:200]}).encode()
     form_good = urllib.parse.urlencode({"payload": good.decode()}).encode()
     form = "application/x-www-form-urlencoded"
+    deep = b'{"a": ' * 100_000 + b"1" + b"}" * 100_000
+    huge_number = fixture_json("push.development")
+    huge_number["pusher"]["id"] = "NUMBER"
+    huge_number_body = json.dumps(huge_number).replace('"NUMBER"', "7" * 5000).encode()
 
     def with_sig(body: bytes, **override: str) -> dict[str, str]:
         return {**signed(body, "pull_request"), **override}
@@ -247,6 +262,15 @@ def _bad_requests() -> list[tuple[str, str, str, bytes, dict[str, str], int]]:
         ("empty body", "POST", "/github", b"", with_sig(b""), 400),
         ("truncated JSON", "POST", "/github", good[:300], with_sig(good[:300]), 400),
         ("JSON array", "POST", "/github", b"[1, 2]", with_sig(b"[1, 2]"), 400),
+        ("signed, deeply nested JSON", "POST", "/github", deep, with_sig(deep), 400),
+        (
+            "signed, a 5000-digit integer",
+            "POST",
+            "/github",
+            huge_number_body,
+            {**with_sig(huge_number_body), "X-GitHub-Event": "push"},
+            400,
+        ),
         (
             "missing pull_request.number",
             "POST",
@@ -334,6 +358,7 @@ def shared(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[WebhookServer, RecordingExecutor, RecordingGitHub]]:
     recorder = RecordingGitHub().__enter__()
+    recorder.permissions[MAINTAINER] = "admin"
     double = RecordingExecutor()
     srv = make_server(tmp_path_factory.mktemp("corpus"), double, recorder)
     yield srv, double, recorder
@@ -565,12 +590,14 @@ def test_status_is_retried_after_5xx(server: WebhookServer, github: RecordingGit
 
 
 @pytest.mark.parametrize("failure", ["not ok", "raises"])
-def test_failed_deploy_is_reported_as_failure(
-    tmp_path: Path, github: RecordingGitHub, failure: str
+def test_failed_deploy_is_reported_as_failure_without_its_detail(
+    tmp_path: Path, github: RecordingGitHub, failure: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="cidemo.webhook")
     double = RecordingExecutor(ok=False)
+    internal = "cannot reach 10.213.7.12:2376 (deis-2.internal)"
     if failure == "raises":
-        double.fail_with = NotImplementedError("environments are wired by the envs package")
+        double.fail_with = RuntimeError(internal)
     srv = make_server(tmp_path, double, github)
     try:
         assert deliver(srv, "pull_request.opened")[0] == 202
@@ -580,8 +607,13 @@ def test_failed_deploy_is_reported_as_failure(
     last = github.wait_for(2)[-1]
     assert last.body["state"] == "failure"
     assert "target_url" not in last.body
-    expected = "NotImplementedError" if failure == "raises" else "boom"
-    assert expected in last.body["description"]
+    detail = internal if failure == "raises" else "boom"
+    description = last.body["description"]
+    assert detail not in description and "10.213" not in description
+    ref = re.fullmatch(r"deploy failed; ref ([0-9a-f]{8}) in the webhook server's log", description)
+    assert ref, description
+    logged = [r.getMessage() for r in caplog.records if f"ref={ref.group(1)}" in r.getMessage()]
+    assert len(logged) == 1 and detail in logged[0], logged
 
 
 def test_log_has_one_line_per_delivery_without_bodies_or_secrets(
@@ -681,7 +713,7 @@ def test_serve_refuses_bad_listen_in_one_line(listen: str, tmp_path: Path) -> No
         [
             "serve",
             "--site",
-            str(SITES / "local.yaml"),
+            str(bound_site(tmp_path)),
             "--listen",
             listen,
             "--state-dir",
@@ -700,7 +732,7 @@ def test_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
         [
             "serve",
             "--site",
-            str(SITES / "local.yaml"),
+            str(bound_site(tmp_path)),
             "--listen",
             "127.0.0.1:8088",
             "--state-dir",
@@ -714,26 +746,46 @@ def test_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "secrets" / "webhook_secret").exists()
 
 
+def bound_site(tmp_path: Path, repository: str | None = REPOSITORY) -> Path:
+    """infra/sites/local.yaml with `environments.repository` set (or left out: None)."""
+    data = yaml.safe_load((SITES / "local.yaml").read_text())
+    envs = data.get("environments") or {}
+    if "build" in envs:  # relative to the site file, which moves
+        envs["build"] = str((SITES / envs["build"]).resolve())
+    if repository is not None:
+        data.setdefault("environments", {})["repository"] = repository
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def test_serve_runs_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+def test_serve_runs_logs_answers_and_stops_on_sigterm(
+    tmp_path: Path, github: RecordingGitHub
+) -> None:
+    """Through the `cidemo` entry point, whose logging setup once silenced the server; GitHub's
+    stand-in is named by CIDEMO_GITHUB_API and asked about a label's sender."""
     state = tmp_path / "state"
     (state / "secrets").mkdir(parents=True)
     (state / "secrets" / "webhook_secret").write_text(SECRET + "\n")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIDEMO_")}
+    env |= {"CIDEMO_GITHUB_API": github.url, "CIDEMO_GITHUB_TOKEN": TOKEN}
+    github.permissions["mallory"] = "read"
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-c",
-            "from cidemo_infra.webhook.commands import webhook; webhook()",
+            "-m",
+            "cidemo_infra",
+            "webhook",
             "serve",
             "--site",
-            str(SITES / "local.yaml"),
+            str(bound_site(tmp_path)),
             "--listen",
             f"127.0.0.1:{port}",
             "--state-dir",
@@ -760,6 +812,20 @@ def test_serve_runs_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "webhook serve did not start listening"
                 time.sleep(0.1)
         assert answer == (200, "pong")
+        other = fixture_json("push.master")
+        other["repository"]["full_name"] = "someone/else"
+        push = json.dumps(other).encode()
+        delivery = str(uuid.uuid4())
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("POST", "/github", body=push, headers=signed(push, "push", delivery))
+        assert conn.getresponse().status == 202
+        conn.close()
+        label = labeled_by("mallory")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/github", body=label, headers=signed(label, "pull_request"))
+        response = conn.getresponse()
+        refused = (response.status, response.read().decode())
+        conn.close()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     finally:
@@ -769,7 +835,15 @@ def test_serve_runs_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert f"on http://127.0.0.1:{port}/github" in err
     assert "verdict=pong" in err
-    assert SECRET not in err
+    assert f"delivery={delivery} event=push action=- verdict=ignored: repository someone" in err
+    assert refused[0] == 202 and "added by 'mallory', who has no write access" in refused[1]
+    assert [r.path for r in github.permission_checks()] == [
+        f"/repos/{REPOSITORY}/collaborators/mallory/permission"
+    ]
+    assert "refused: pull request #14" in err
+    assert TOKEN not in err
+    for secret_or_body in (SECRET, "Merge pull request", other["head_commit"]["message"]):
+        assert secret_or_body not in err
 
 
 def test_serve_refuses_a_taken_port_in_one_line(tmp_path: Path) -> None:
@@ -780,9 +854,371 @@ def test_serve_refuses_a_taken_port_in_one_line(tmp_path: Path) -> None:
         args = ["--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state")]
         result = CliRunner().invoke(
             webhook,
-            ["serve", "--site", str(SITES / "local.yaml"), *args],
+            ["serve", "--site", str(bound_site(tmp_path)), *args],
             env={"CIDEMO_WEBHOOK_SECRET": SECRET},
         )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0]
+
+
+def test_serve_refuses_to_start_without_a_repository(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        webhook,
+        [
+            "serve",
+            "--site",
+            str(bound_site(tmp_path, repository=None)),
+            "--listen",
+            f"127.0.0.1:{_free_port()}",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        env={"CIDEMO_WEBHOOK_SECRET": SECRET},
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "environments.repository: required" in lines[0], result.output
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    "api", ["http://api.github.example.com", "http://10.0.0.5:8080/api/v3", "ftp://127.0.0.1"]
+)
+def test_serve_refuses_a_github_api_that_would_carry_the_token_in_clear(
+    tmp_path: Path, api: str
+) -> None:
+    result = CliRunner().invoke(
+        webhook,
+        [
+            "serve",
+            "--site",
+            str(bound_site(tmp_path)),
+            "--listen",
+            f"127.0.0.1:{_free_port()}",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        env={
+            "CIDEMO_WEBHOOK_SECRET": SECRET,
+            "CIDEMO_GITHUB_TOKEN": TOKEN,
+            "CIDEMO_GITHUB_API": api,
+        },
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "CIDEMO_GITHUB_API" in lines[0] and api in lines[0], result.output
+    assert TOKEN not in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "event"),
+    [
+        ("push.master", "push"),
+        ("push.development", "push"),
+        ("pull_request.opened", "pull_request"),
+        ("pull_request.closed-merged", "pull_request"),
+        ("pull_request.labeled-fork", "pull_request"),
+    ],
+)
+def test_events_of_another_repository_are_answered_and_change_nothing(
+    server: WebhookServer,
+    executor: RecordingExecutor,
+    github: RecordingGitHub,
+    name: str,
+    event: str,
+) -> None:
+    data = fixture_json(name)
+    data["repository"]["full_name"] = "octocat/other-app"
+    if "pull_request" in data:  # the PR is the other repository's own, not a fork
+        data["pull_request"]["head"]["repo"]["full_name"] = "octocat/other-app"
+    body = json.dumps(data).encode()
+    status, text = send(server, body, signed(body, event))
+    assert status == 202
+    assert text.startswith(
+        f"ignored: repository octocat/other-app is not this site's ({REPOSITORY})"
+    ), text
+    assert server.wait_idle(5)
+    assert executor.intents() == []
+    assert github.requests == []
+
+
+def labeled_by(sender: str) -> bytes:
+    data = fixture_json("pull_request.labeled-fork")
+    data["sender"]["login"] = sender
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("permission", "expected"),
+    [
+        ("admin", "accepted"),
+        ("maintain", "accepted"),
+        ("write", "accepted"),
+        ("read", "refused"),
+        ("triage", "refused"),
+        (None, "refused"),  # not a collaborator: GitHub answers 404
+    ],
+)
+def test_fork_label_deploys_only_when_its_sender_may_write(
+    server: WebhookServer,
+    executor: RecordingExecutor,
+    github: RecordingGitHub,
+    permission: str | None,
+    expected: str,
+) -> None:
+    if permission is not None:
+        github.permissions["mallory"] = permission
+    body = labeled_by("mallory")
+    delivery = str(uuid.uuid4())
+    status, text = send(server, body, signed(body, "pull_request", delivery))
+    assert status == 202
+    assert text.startswith(expected), text
+    assert server.wait_idle(5)
+    checks = github.permission_checks()
+    assert checks and checks[0].path == f"/repos/{REPOSITORY}/collaborators/mallory/permission"
+    assert checks[0].headers["Authorization"] == f"Bearer {TOKEN}"
+    if expected == "accepted":
+        assert executor.intents() == [PreviewUp(14, HEAD, "octocat/ci-demo", True)]
+    else:
+        assert "label 'safe-to-deploy' added by 'mallory'" in text
+        assert executor.intents() == []
+        assert [d for d, _ in server.pushes.refusals()] == [delivery]
+
+
+def test_fork_label_is_answered_503_and_forgotten_when_github_does_not_say(
+    server: WebhookServer, executor: RecordingExecutor, github: RecordingGitHub
+) -> None:
+    github.permissions["mallory"] = "write"
+    github.fail_next = 1  # the permission question gets a 502
+    body = labeled_by("mallory")
+    delivery = str(uuid.uuid4())
+    status, text = send(server, body, signed(body, "pull_request", delivery))
+    assert (status, text) == (
+        503,
+        "could not check the sender's write access; GitHub may redeliver later",
+    )
+    assert server.wait_idle(5)
+    assert executor.intents() == []
+    assert delivery not in server.deliveries
+    # GitHub's "Redeliver": the same delivery id, and this time the question is answered
+    assert send(server, body, signed(body, "pull_request", delivery))[0] == 202
+    assert server.wait_idle(5)
+    assert executor.intents() == [PreviewUp(14, HEAD, "octocat/ci-demo", True)]
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_fork_label_without_a_token_needs_the_allow_list(
+    tmp_path: Path, executor: RecordingExecutor, listed: bool
+) -> None:
+    logins = ("mallory",) if listed else ()
+    settings = DeliverySettings(repository=REPOSITORY, authorized_logins=logins)
+    srv = make_server(tmp_path, executor, None, settings=settings)
+    try:
+        body = labeled_by("mallory")
+        status, text = send(srv, body, signed(body, "pull_request"))
+        assert srv.wait_idle(5)
+    finally:
+        srv.stop(drain_timeout=5)
+    assert status == 202
+    if listed:
+        assert executor.intents() == [PreviewUp(14, HEAD, "octocat/ci-demo", True)]
+    else:
+        assert text.startswith("refused:") and "authorized_logins" in text, text
+        assert executor.intents() == []
+
+
+def push_of(branch: str, after: str, forced: bool = False, sender: str = MAINTAINER) -> bytes:
+    data = fixture_json("push.master" if branch == "master" else "push.development")
+    data["after"] = after
+    data["head_commit"]["id"] = after
+    data["commits"] = [{**data["commits"][-1], "id": after}]
+    data["forced"] = forced
+    data["sender"]["login"] = sender
+    return json.dumps(data).encode()
+
+
+SHA_A, SHA_B, SHA_C = ("a" * 40, "b" * 40, "c" * 40)
+
+
+def test_replayed_push_with_a_new_delivery_id_is_refused_recorded_and_logged(
+    tmp_path: Path,
+    executor: RecordingExecutor,
+    github: RecordingGitHub,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="cidemo.webhook")
+    first = make_server(tmp_path, executor, github)
+    try:
+        captured = push_of("master", SHA_A)
+        assert send(first, captured, signed(captured, "push"))[0] == 202
+        newer = push_of("master", SHA_B)
+        assert send(first, newer, signed(newer, "push"))[0] == 202
+        assert first.wait_idle(5)
+    finally:
+        first.stop(drain_timeout=5)
+    # later, after a restart, the captured body comes back, signed as it was, with a new id
+    second = make_server(tmp_path, executor, github)
+    try:
+        replay = str(uuid.uuid4())
+        status, text = send(second, captured, signed(captured, "push", replay))
+        assert second.wait_idle(5)
+        refusals = second.pushes.refusals()
+        # the branch's latest may always be delivered again (a redelivery, a retried deploy)
+        latest = push_of("master", SHA_B)
+        assert send(second, latest, signed(latest, "push"))[0] == 202
+        assert second.wait_idle(5)
+    finally:
+        second.stop(drain_timeout=5)
+    assert status == 202
+    assert text.startswith(f"refused: push of {SHA_A[:12]} to master: an earlier push"), text
+    assert [d for d, _ in refusals] == [replay]
+    assert [i.sha for i in executor.intents()] == [SHA_A, SHA_B, SHA_B]  # type: ignore[union-attr]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"delivery={replay} refused: push of {SHA_A[:12]}" in w for w in warnings)
+    # the first push's pending and success on A; nothing for the replay
+    assert len([r for r in github.statuses() if r.path.endswith(f"/{SHA_A}")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("sender", "permission", "expected"),
+    [(MAINTAINER, "admin", "accepted"), ("mallory", "read", "refused")],
+)
+def test_forced_rollback_needs_a_sender_with_write_access(
+    server: WebhookServer,
+    executor: RecordingExecutor,
+    github: RecordingGitHub,
+    sender: str,
+    permission: str,
+    expected: str,
+) -> None:
+    github.permissions[sender] = permission
+    for sha in (SHA_A, SHA_B):
+        body = push_of("master", sha)
+        assert send(server, body, signed(body, "push"))[0] == 202
+    rollback = push_of("master", SHA_A, forced=True, sender=sender)
+    status, text = send(server, rollback, signed(rollback, "push"))
+    assert server.wait_idle(5)
+    assert status == 202 and text.startswith(expected), text
+    shas = [i.sha for i in executor.intents()]  # type: ignore[union-attr]
+    if expected == "accepted":
+        assert shas == [SHA_A, SHA_B, SHA_A]
+        assert server.pushes.latest("master") == SHA_A
+    else:
+        assert shas == [SHA_A, SHA_B]
+        assert "it is forced, but by 'mallory', who has no write access" in text
+        assert server.pushes.latest("master") == SHA_B
+
+
+def test_replay_rule_is_per_branch(server: WebhookServer, executor: RecordingExecutor) -> None:
+    for branch, sha in (("development", SHA_A), ("master", SHA_A), ("development", SHA_B)):
+        body = push_of(branch, sha)
+        assert send(server, body, signed(body, "push"))[0] == 202
+    assert server.wait_idle(5)
+    assert [type(i).__name__ for i in executor.intents()] == [
+        "StagingUp",
+        "ProductionUp",
+        "StagingUp",
+    ]
+
+
+def test_failed_or_superseded_deploys_never_block_later_pushes(
+    tmp_path: Path, github: RecordingGitHub
+) -> None:
+    double = RecordingExecutor(ok=False)
+    srv = make_server(tmp_path, double, github, workers=1)
+    try:
+        for sha in (SHA_A, SHA_A, SHA_B, SHA_C):  # A fails, is pushed again, then B and C queue
+            body = push_of("master", sha)
+            status, text = send(srv, body, signed(body, "push"))
+            assert (status, text[:8]) == (202, "accepted"), text
+        assert srv.wait_idle(10)
+    finally:
+        srv.stop(drain_timeout=5)
+    assert [i.sha for i in double.intents()] == [SHA_A, SHA_A, SHA_B, SHA_C]  # type: ignore[union-attr]
+
+
+def _slow_client(source: str, server: WebhookServer) -> socket.socket:
+    sock = socket.socket()
+    sock.settimeout(5)
+    sock.bind((source, 0))
+    sock.connect((server.host, server.port))
+    sock.sendall(b"POST /github HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    return sock
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        sock.sendall(b"a")
+        sock.settimeout(0.05)
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_slow_clients_cannot_keep_a_signed_delivery_out(
+    tmp_path: Path, executor: RecordingExecutor
+) -> None:
+    """110 slow connections from 127.0.0.2 (more than waitress' 100 by default), each sending
+    its headers one byte at a time; a delivery from 127.0.0.1 is still answered."""
+    srv = make_server(tmp_path, executor, None)
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(110):
+            try:
+                slow.append(_slow_client("127.0.0.2", srv))
+            except OSError:
+                break  # refused or reset at once: the cap at work
+        for sock in slow:  # one more byte each: all of them are still "active"
+            with contextlib.suppress(OSError):
+                sock.sendall(b"b")
+        body = fixture_body("push.development")
+        conn = http.client.HTTPConnection(
+            srv.host, srv.port, timeout=10, source_address=("127.0.0.1", 0)
+        )
+        conn.request("POST", "/github", body=body, headers=signed(body, "push"))
+        response = conn.getresponse()
+        answer = (response.status, response.read().decode().strip())
+        conn.close()
+        assert srv.wait_idle(5)
+        held = sum(1 for sock in slow if not _closed_by_peer(sock))
+    finally:
+        for sock in slow:
+            sock.close()
+        srv.stop(drain_timeout=5)
+    assert answer[0] == 202, answer
+    assert executor.intents() == [StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6")]
+    assert held <= 16, f"127.0.0.2 holds {held} connections"
+
+
+def test_a_request_that_never_completes_is_cut_off(
+    tmp_path: Path, executor: RecordingExecutor
+) -> None:
+    """A client that keeps sending, a byte every 0.2 s, never idles; it is closed anyway."""
+    srv = make_server(tmp_path, executor, None, request_timeout=1.0)
+    sock = _slow_client("127.0.0.1", srv)
+    closed = False
+    try:
+        for _ in range(100):  # 20 s at most; the server's deadline is 1 s
+            time.sleep(0.2)
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                closed = True
+                break
+            sock.settimeout(0.01)
+            try:
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                pass
+            except OSError:
+                closed = True
+            if closed:
+                break
+    finally:
+        sock.close()
+        srv.stop(drain_timeout=5)
+    assert closed, "the server kept a request open that had been arriving for 20 s"
+    assert executor.intents() == []

@@ -1,8 +1,10 @@
 """RecordingGitHub: a stand-in for GitHub's REST API in tests, NOT GitHub.
 
 A threaded HTTP server on 127.0.0.1:0 that records every request (method, path, headers, JSON
-body) and answers `POST /repos/<owner>/<repo>/statuses/<sha>` with 201, as GitHub does. It can be
-told to fail the next N requests with a 5xx to exercise retries.
+body) and answers `POST /repos/<owner>/<repo>/statuses/<sha>` with 201, as GitHub does, and
+`GET /repos/<owner>/<repo>/collaborators/<login>/permission` from `permissions` (login to
+admin/maintain/write/read/none; a login not in it is not a collaborator: 404). It can be told to
+fail the next N requests with a 5xx to exercise retries.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class RecordingGitHub:
         self.requests: list[RecordedRequest] = []
         self.fail_next = 0
         self.fail_status = 502
+        self.permissions: dict[str, str] = {}
         self._lock = threading.Lock()
         recorder = self
 
@@ -53,6 +56,27 @@ class RecordingGitHub:
                 else:
                     self._answer(404, {"message": "Not Found"})
 
+            def do_GET(self) -> None:
+                with recorder._lock:
+                    recorder.requests.append(
+                        RecordedRequest("GET", self.path, dict(self.headers.items()), None)
+                    )
+                    failing = recorder.fail_next > 0
+                    if failing:
+                        recorder.fail_next -= 1
+                parts = self.path.split("/")
+                # /repos/<owner>/<repo>/collaborators/<login>/permission
+                if failing:
+                    self._answer(recorder.fail_status, {"message": "Server Error"})
+                elif len(parts) == 7 and parts[4] == "collaborators" and parts[6] == "permission":
+                    permission = recorder.permissions.get(parts[5])
+                    if permission is None:
+                        self._answer(404, {"message": "Not Found"})
+                    else:
+                        self._answer(200, {"permission": permission, "user": {"login": parts[5]}})
+                else:
+                    self._answer(404, {"message": "Not Found"})
+
             def _answer(self, code: int, data: dict[str, Any]) -> None:
                 raw = json.dumps(data).encode()
                 self.send_response(code)
@@ -74,6 +98,10 @@ class RecordingGitHub:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    def permission_checks(self) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.path.endswith("/permission")]
 
     def statuses(self) -> list[RecordedRequest]:
         with self._lock:

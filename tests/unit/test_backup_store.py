@@ -5,15 +5,16 @@ tests/integration/test_environments.py (refresh-staging through a container)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 from pathlib import Path
 
 import pytest
 
-from cidemo_infra.envs import backup
-from cidemo_infra.envs.backup import BackupError
-from cidemo_infra.envs.backup_store import DirectoryStore, check_name, store_for
+from cidemo_infra.backups import backup
+from cidemo_infra.backups.backup import BackupError
+from cidemo_infra.backups.store import DirectoryStore, check_name, store_for
 from cidemo_infra.errors import UsageError
 
 pytestmark = pytest.mark.unit
@@ -29,11 +30,18 @@ def fake_backup(root: Path, name: str, complete: bool = True) -> Path:
     return path
 
 
+KEY = b"k" * 43
+
+
 def valid_backup(root: Path, name: str) -> Path:
     """A backup that passes verify_backup: the manifest of a database without tables."""
     path = root / name
     path.mkdir(parents=True)
-    manifest = {"database": name.rsplit("-", 1)[0], "created": "x", "tables": [], "format": 1}
+    database, stamp = name.rsplit("-", 1)
+    created = dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    manifest = {"database": database, "created": created.isoformat(), "tables": [], "format": 2}
+    manifest["key_id"] = backup.key_id(KEY)
+    manifest["hmac_sha256"] = backup.manifest_mac(manifest, KEY)
     (path / backup.MANIFEST).write_text(json.dumps(manifest))
     return path
 
@@ -102,10 +110,17 @@ def test_a_name_the_tool_never_makes_is_refused(name: str, tmp_path: Path) -> No
 def test_keep_accepts_only_a_backup_made_in_the_store(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path / "store")
     inside = valid_backup(tmp_path / "store", "guestbook-20261101T000000Z")
-    assert store.keep(inside).where == str(inside)
+    assert store.keep(inside, KEY).where == str(inside)
     elsewhere = valid_backup(tmp_path / "elsewhere", "guestbook-20261101T000000Z")
     with pytest.raises(BackupError, match="not in the backup directory"):
-        store.keep(elsewhere)
+        store.keep(elsewhere, KEY)
+
+
+def test_keep_refuses_a_backup_of_another_key(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "store")
+    inside = valid_backup(tmp_path / "store", "guestbook-20261101T000000Z")
+    with pytest.raises(BackupError, match="authenticated with another key"):
+        store.keep(inside, b"another key, of at least 32 characters")
 
 
 def test_a_container_without_a_cloud_is_a_usage_error(tmp_path: Path) -> None:

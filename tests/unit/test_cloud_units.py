@@ -20,6 +20,7 @@ from cidemo_infra.cloud import (
 )
 from cidemo_infra.cloud.preflight import (
     CLUSTER_PORTS,
+    DEIS_BUILDER_PORTS,
     PUBLIC_WORLD_TCP_PORTS,
     FlavorSize,
     Need,
@@ -34,13 +35,14 @@ from cidemo_infra.cloud.preflight import (
 )
 from cidemo_infra.cloud.sweep import Leak, SweepError, belongs
 from cidemo_infra.cloud.waits import wait_for_servers
+from cidemo_infra.data import TERRAFORM_MODULE
 from cidemo_infra.errors import CloudError
 from cidemo_infra.site import Site
 from tests.support.tfschema import load_hcl
 
 pytestmark = pytest.mark.unit
 
-SECURITY_TF = Path(__file__).resolve().parents[2] / "terraform" / "security.tf"
+SECURITY_TF = TERRAFORM_MODULE / "security.tf"
 FLAVORS = {
     f.name: f
     for f in (
@@ -82,6 +84,7 @@ def test_the_rule_tables_are_the_modules() -> None:
     local, _ = module_security()
 
     assert local["public_world_tcp_ports"] == PUBLIC_WORLD_TCP_PORTS
+    assert local["deis_builder_ports"] == DEIS_BUILDER_PORTS
     module_cluster = {k: (v["protocol"], v["port"]) for k, v in local["cluster_ports"].items()}
     assert module_cluster == CLUSTER_PORTS
 
@@ -92,7 +95,8 @@ def test_the_module_has_exactly_the_counted_rule_resources() -> None:
     for_each = {name: body["for_each"] for name, body in rules.items()}
 
     assert for_each == {
-        "public_world": "${local.public_world_tcp_ports}",
+        "public_world": "${merge(local.public_world_tcp_ports, var.deis_builder ? "
+        "local.deis_builder_ports : {})}",
         "public_ssh": "${toset(local.ssh_sources)}",
         "cluster_internal": "${local.cluster_ports}",
         "cluster_docker_tls_admin": "${toset(var.admin_cidrs)}",
@@ -114,6 +118,12 @@ def test_rule_count_follows_admin_cidrs(admins: list[str], ssh: int, docker_tls:
     expected = len(PUBLIC_WORLD_TCP_PORTS) + ssh + len(CLUSTER_PORTS) + docker_tls
 
     assert security_group_rule_count(site(admin_cidrs=admins)) == expected
+
+
+def test_only_a_deis_site_counts_the_builder_rule() -> None:
+    flatcar, legacy = site(), site(node_os="coreos-legacy")
+
+    assert security_group_rule_count(legacy) == security_group_rule_count(flatcar) + 1
 
 
 def amounts(needs: list[Need]) -> dict[str, int]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cidemo_infra.envs.deis import (
+from cidemo_infra.platforms.deis import (
     DeisApp,
     DeisClient,
     DeisError,

@@ -7,6 +7,7 @@ import datetime as dt
 import gzip
 import hashlib
 import json
+import re
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -14,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from cidemo_infra.envs import backup
-from cidemo_infra.envs.backup import (
+from cidemo_infra.backups import backup
+from cidemo_infra.backups.backup import (
     BackupError,
     RowDigest,
     decode_row,
@@ -25,7 +26,8 @@ from cidemo_infra.envs.backup import (
     table_file,
     verify_backup,
 )
-from cidemo_infra.envs.database import (
+from cidemo_infra.backups.ddl import DdlError, check_create_table
+from cidemo_infra.databases.database import (
     DatabaseError,
     ForeignKey,
     Schema,
@@ -43,7 +45,8 @@ from cidemo_infra.envs.database import (
     validate_database_name,
     validate_user_name,
 )
-from cidemo_infra.errors import CidemoError
+from cidemo_infra.errors import CidemoError, UsageError
+from cidemo_infra.state import StateDir
 
 pytestmark = pytest.mark.unit
 
@@ -307,24 +310,66 @@ def test_table_files_are_single_safe_names() -> None:
     assert "/" not in table_file("../../etc")
 
 
-def write_backup(path: Path, tables: dict[str, list[list[Any]]]) -> Path:
-    """A backup directory in the format backup_database writes, made without a server."""
+KEY = b"k" * 43
+PLAIN = (  # as MariaDB's SHOW CREATE TABLE prints it
+    "CREATE TABLE {} (\n  `id` int(11) NOT NULL,\n  `v` blob DEFAULT NULL,\n"
+    "  PRIMARY KEY (`id`)\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci"
+)
+
+
+def write_backup(
+    path: Path, tables: dict[str, list[list[Any]]], key: bytes = KEY, legacy: bool = False
+) -> Path:
+    """A backup directory in the format backup_database writes (format 1 before backups were
+    authenticated), made without a server."""
     path.mkdir(mode=0o700)
     entries = []
     for name, rows in tables.items():
         digest = RowDigest()
-        with gzip.open(path / table_file(name), "wb") as out:
-            header = {"table": name, "columns": ["id", "v"], "primary_key": ["id"]}
-            header["create"] = f"CREATE TABLE {quote_ident(name)} (id int primary key, v blob)"
-            out.write(json.dumps(header).encode() + b"\n")
-            for row in rows:
-                digest.add(encode_row(row))
-                out.write(encode_row(row) + b"\n")
-        entries.append({"name": name, "rows": digest.rows, "checksum": digest.checksum})
+        header = {"table": name, "columns": ["id", "v"], "primary_key": ["id"]}
+        header["create"] = PLAIN.format(quote_ident(name))
+        data = json.dumps(header).encode() + b"\n"
+        for row in rows:
+            digest.add(encode_row(row))
+            data += encode_row(row) + b"\n"
+        (path / table_file(name)).write_bytes(gzip.compress(data))
+        entry = {"name": name, "rows": digest.rows, "checksum": digest.checksum}
+        if not legacy:
+            entry |= {"bytes": len(data), **{k: v for k, v in header.items() if k != "table"}}
+        entries.append(entry)
     manifest: dict[str, Any] = {"database": "production", "created": "2015-06-01T00:00:00Z"}
-    manifest |= {"tables": entries, "format": 1}
+    manifest |= {"tables": entries, "format": 1 if legacy else 2}
+    if not legacy:
+        sign(manifest, key)
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
+
+
+def sign(manifest: dict[str, Any], key: bytes = KEY) -> dict[str, Any]:
+    """What someone holding the site's backup key can do: authenticate any manifest."""
+    manifest["key_id"] = backup.key_id(key)
+    manifest["hmac_sha256"] = backup.manifest_mac(manifest, key)
+    return manifest
+
+
+def rewrite(path: Path, change: Any, key: bytes | None = None) -> None:
+    """Change a backup's manifest in place; re-sign it with `key` (else the signature stays)."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    change(manifest)
+    if key is not None:
+        sign(manifest, key)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def set_table_file(path: Path, table: str, lines: list[bytes]) -> int:
+    """Replace a table file with these lines; returns its decompressed size."""
+    data = b"".join(line + b"\n" for line in lines)
+    (path / table_file(table)).write_bytes(gzip.compress(data))
+    return len(data)
+
+
+def table_lines(path: Path, table: str) -> list[bytes]:
+    return gzip.decompress((path / table_file(table)).read_bytes()).split(b"\n")[:-1]
 
 
 @pytest.fixture
@@ -333,10 +378,21 @@ def good(tmp_path: Path) -> Path:
     return write_backup(tmp_path / "production-20150601T000000Z", {"posts": rows, "tags": []})
 
 
+@pytest.fixture
+def legacy(tmp_path: Path) -> Path:
+    rows = [[i, f"row {i}".encode()] for i in range(20)]
+    path = tmp_path / "legacy" / "production-20150601T000000Z"
+    path.parent.mkdir()
+    return write_backup(path, {"posts": rows}, legacy=True)
+
+
 def test_a_good_backup_verifies(good: Path) -> None:
-    manifest = verify_backup(good)
+    manifest = verify_backup(good, KEY)
     assert [(t.name, t.rows) for t in manifest.tables] == [("posts", 200), ("tags", 0)]
-    assert manifest.database == "production" and manifest.format == 1
+    assert manifest.database == "production" and manifest.format == 2
+    assert manifest.is_authenticated
+    definition = manifest.definition("posts")
+    assert definition is not None and definition.create == PLAIN.format("`posts`")
 
 
 def test_a_flipped_byte_is_refused(good: Path) -> None:
@@ -345,7 +401,7 @@ def test_a_flipped_byte_is_refused(good: Path) -> None:
     data[len(data) // 2] ^= 0x01
     file.write_bytes(bytes(data))
     with pytest.raises(BackupError, match=r"posts\.jsonl\.gz"):
-        verify_backup(good)
+        verify_backup(good, KEY)
 
 
 def test_a_changed_row_is_refused(good: Path) -> None:
@@ -354,43 +410,282 @@ def test_a_changed_row_is_refused(good: Path) -> None:
     lines[5] = encode_row([4, b"changed"])
     file.write_bytes(gzip.compress(b"\n".join(lines)))
     with pytest.raises(BackupError, match="'posts' does not match its manifest checksum"):
-        verify_backup(good)
+        verify_backup(good, KEY)
+
+
+def test_a_changed_row_with_its_checksum_changed_too_fails_authentication(good: Path) -> None:
+    """The attack the row checksums alone let through: rows and manifest changed together."""
+    lines = table_lines(good, "posts")
+    lines[5] = encode_row([4, b"changed"])
+    size = set_table_file(good, "posts", lines)
+    digest = RowDigest()
+    for line in lines[1:]:
+        digest.add(line)
+
+    def change(manifest: dict[str, Any]) -> None:
+        manifest["tables"][0] |= {"checksum": digest.checksum, "bytes": size}
+
+    rewrite(good, change)
+    with pytest.raises(BackupError) as caught:
+        verify_backup(good, KEY)
+    assert str(caught.value) == (
+        f"{good / 'manifest.json'}: authentication failed: the manifest was changed after the "
+        "backup was made"
+    )
+
+
+def test_a_backup_of_another_key_is_refused(good: Path) -> None:
+    with pytest.raises(
+        BackupError, match=r"authenticated with another key \(key id '[0-9a-f]{16}'"
+    ):
+        verify_backup(good, b"x" * 43)
+
+
+def test_a_manifest_without_authentication_is_refused(good: Path) -> None:
+    rewrite(good, lambda m: m.pop("hmac_sha256"))
+    with pytest.raises(BackupError, match="not authenticated"):
+        verify_backup(good, KEY)
+
+
+@pytest.mark.parametrize("mac", ["0" * 64, "é" * 64, ""])
+def test_a_forged_mac_fails_authentication(good: Path, mac: str) -> None:
+    rewrite(good, lambda m: m.update(hmac_sha256=mac))
+    with pytest.raises(BackupError, match="authentication failed"):
+        verify_backup(good, KEY)
+
+
+def test_a_renamed_backup_is_refused(good: Path) -> None:
+    renamed = good.with_name("production-20990101T000000Z")
+    good.rename(renamed)
+    with pytest.raises(BackupError, match="made as 'production-20150601T000000Z'; a renamed"):
+        verify_backup(renamed, KEY)
+
+
+def test_a_header_that_differs_from_the_manifest_is_refused(good: Path) -> None:
+    lines = table_lines(good, "posts")
+    header = json.loads(lines[0])
+    header["create"] = header["create"].replace(
+        "ENGINE=InnoDB", "DATA DIRECTORY='/tmp' ENGINE=InnoDB"
+    )
+    lines[0] = json.dumps(header).encode()
+    size = set_table_file(good, "posts", lines)
+    rewrite(good, lambda m: m["tables"][0].update(bytes=size), KEY)
+    with pytest.raises(BackupError, match="the header differs from the manifest's definition"):
+        verify_backup(good, KEY)
+
+
+@pytest.mark.parametrize(
+    ("option", "refusal"),
+    [
+        ("DATA DIRECTORY='/var/lib/mysql-files'", "table option DATA DIRECTORY is not allowed"),
+        ("INDEX DIRECTORY='/tmp'", "table option INDEX DIRECTORY is not allowed"),
+        ("CONNECTION='mysql://u@evil/db/t'", "table option CONNECTION is not allowed"),
+    ],
+)
+def test_a_signed_create_table_beyond_a_plain_definition_is_refused(
+    good: Path, option: str, refusal: str
+) -> None:
+    """Even authenticated (a production table someone managed to give such options), a restore
+    never runs them as root."""
+
+    def change(manifest: dict[str, Any]) -> None:
+        for table in manifest["tables"]:
+            table["create"] = table["create"].replace(" ENGINE=InnoDB", f" {option} ENGINE=InnoDB")
+
+    rewrite(good, change, KEY)
+    with pytest.raises(BackupError) as caught:
+        verify_backup(good, KEY)
+    message = str(caught.value)
+    assert "\n" not in message and "table 'posts': CREATE TABLE refused: " + refusal in message
+
+
+def test_a_table_file_longer_than_its_manifest_says_is_refused(good: Path) -> None:
+    lines = table_lines(good, "tags")
+    set_table_file(good, "tags", [*lines, encode_row([1, b"smuggled"])])
+    with pytest.raises(BackupError, match=r"tags\.jsonl\.gz: holds more than the manifest says"):
+        verify_backup(good, KEY)
+
+
+BOMB_MEMBER = "400 KB gzip member, no newline"
+BOMB = """
+import gzip, resource, sys, zlib
+from pathlib import Path
+from cidemo_infra.backups.backup import BackupError, verify_backup
+path, table, legacy = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+# ~400 MB of one byte, no newline, compressed into one gzip member of about 400 KB
+block = b"[" * (1 << 20)
+out = zlib.compressobj(9, zlib.DEFLATED, 31)
+parts = [out.compress(block) for _ in range(400)] + [out.flush()]
+(path / table).write_bytes(b"".join(parts))
+print(len(b"".join(parts)))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    verify_backup(path, b"k" * 43, allow_unauthenticated=legacy)
+except BackupError as exc:
+    print(exc)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize("kind", ["authenticated", "format 1"])
+def test_a_gzip_bomb_without_newline_is_refused_reading_a_bounded_amount(
+    good: Path, legacy: Path, kind: str
+) -> None:
+    """The finding: a 400 KB gzip member with no newline raised peak memory by about 0.9 GiB.
+    Measured in a process of its own (its peak resident size, not a time)."""
+    import subprocess
+    import sys
+
+    path = good if kind == "authenticated" else legacy
+    result = subprocess.run(
+        [sys.executable, "-c", BOMB, str(path), "posts.jsonl.gz", "1" if path == legacy else "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    size, message, grown_mib = result.stdout.strip().splitlines()
+    assert 300_000 < int(size) < 500_000, BOMB_MEMBER
+    expected = (
+        r"posts\.jsonl\.gz: holds more than the manifest says \(\d+ bytes decompressed\)"
+        if kind == "authenticated"
+        else r"posts\.jsonl\.gz: line 1 is longer than 33554432 bytes; refused"
+    )
+    assert __import__("re").search(expected, message), message
+    assert int(grown_mib) < 200, f"peak memory grew by {grown_mib} MiB"
+
+
+def test_a_format_1_backup_is_refused_unless_allowed(legacy: Path) -> None:
+    with pytest.raises(BackupError, match="format 1, made before backups were authenticated"):
+        verify_backup(legacy, KEY)
+    manifest = verify_backup(legacy, KEY, allow_unauthenticated=True)
+    assert manifest.format == 1 and not manifest.is_authenticated
+    assert manifest.definition("posts") is None
+
+
+def test_a_format_1_backup_allowed_still_gets_its_create_table_checked(legacy: Path) -> None:
+    lines = table_lines(legacy, "posts")
+    header = json.loads(lines[0])
+    header["create"] = header["create"].replace("ENGINE=InnoDB", "ENGINE=CONNECT")
+    set_table_file(legacy, "posts", [json.dumps(header).encode(), *lines[1:]])
+    with pytest.raises(BackupError, match="engine CONNECT: only InnoDB tables are restored"):
+        verify_backup(legacy, KEY, allow_unauthenticated=True)
 
 
 def test_a_truncated_file_is_refused(good: Path) -> None:
     file = good / "posts.jsonl.gz"
     file.write_bytes(file.read_bytes()[:-9])
     with pytest.raises(BackupError, match="damaged"):
-        verify_backup(good)
+        verify_backup(good, KEY)
 
 
 def test_a_missing_or_extra_file_is_refused(good: Path) -> None:
     (good / "tags.jsonl.gz").rename(good / "other.jsonl.gz")
     with pytest.raises(BackupError, match=r"tags\.jsonl\.gz: missing"):
-        verify_backup(good)
+        verify_backup(good, KEY)
     (good / "tags.jsonl.gz").write_bytes(b"")
     with pytest.raises(BackupError, match=r"other\.jsonl\.gz: not part of the backup"):
-        verify_backup(good)
+        verify_backup(good, KEY)
 
 
 @pytest.mark.parametrize(
     "change",
     [
-        {"format": 2},
+        {"format": 3},
         {"tables": "posts"},
         {"tables": [{"name": "posts", "rows": 200}]},
         {"tables": [{"name": "posts", "rows": 1, "checksum": "0" * 64}] * 2},
         {"tables": [{"name": "posts", "rows": -1, "checksum": "0" * 64}]},
+        {"created": "not a time"},
     ],
 )
 def test_a_bad_manifest_is_refused(good: Path, change: dict[str, Any]) -> None:
-    manifest = json.loads((good / "manifest.json").read_text()) | change
-    (good / "manifest.json").write_text(json.dumps(manifest))
+    """Each change signed with the right key: what the manifest says must make sense too."""
+    rewrite(good, lambda m: m.update(change), KEY)
     with pytest.raises(BackupError, match=r"manifest\.json"):
-        verify_backup(good)
+        verify_backup(good, KEY)
+
+
+def test_the_backup_key_is_generated_once_and_a_short_one_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = StateDir(tmp_path / "state", "unit").ensure()
+    monkeypatch.delenv(backup.KEY_ENV, raising=False)
+    key = backup.backup_key(state)
+    assert len(key) >= 43 and backup.backup_key(state) == key
+    assert (state.secrets_dir / "backup_key").stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv(backup.KEY_ENV, "short")
+    with pytest.raises(UsageError, match="the backup key has 5 characters; use at least 32"):
+        backup.backup_key(state)
 
 
 def test_a_missing_manifest_is_refused(good: Path) -> None:
     (good / "manifest.json").unlink()
     with pytest.raises(BackupError, match="not a complete backup"):
-        verify_backup(good)
+        verify_backup(good, KEY)
+
+
+REAL_CREATE = (  # MariaDB 10.11's SHOW CREATE TABLE of a table with most of what apps use
+    "CREATE TABLE `posts` (\n"
+    "  `id` bigint(20) unsigned NOT NULL AUTO_INCREMENT,\n"
+    "  `author_id` int(11) DEFAULT NULL,\n"
+    "  `title` varchar(200) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT 'it''s',\n"
+    "  `price` decimal(12,4) NOT NULL DEFAULT 0.0000 COMMENT 'in EUR; not \\'USD\\'',\n"
+    "  `body` longblob DEFAULT NULL,\n"
+    "  `created` datetime(6) NOT NULL DEFAULT current_timestamp(6)"
+    " ON UPDATE current_timestamp(6),\n"
+    "  `kind` enum('a','b') NOT NULL DEFAULT 'a',\n"
+    "  `slug` varchar(220) GENERATED ALWAYS AS (lcase(concat(`title`,'-',`id`))) VIRTUAL,\n"
+    "  PRIMARY KEY (`id`),\n"
+    "  UNIQUE KEY `slug` (`slug`) KEY_BLOCK_SIZE=8,\n"
+    "  KEY `author` (`author_id`) USING BTREE COMMENT 'x',\n"
+    "  FULLTEXT KEY `title_ft` (`title`),\n"
+    "  CONSTRAINT `posts_author` FOREIGN KEY (`author_id`) REFERENCES `authors` (`id`) "
+    "ON DELETE SET NULL ON UPDATE CASCADE,\n"
+    "  CONSTRAINT `price_positive` CHECK (`price` >= 0 and `price` < 1e9)\n"
+    ") ENGINE=InnoDB AUTO_INCREMENT=901 DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci "
+    "ROW_FORMAT=DYNAMIC COMMENT='posts; not a DATA DIRECTORY'"
+)
+
+
+def test_a_plain_create_table_passes() -> None:
+    check_create_table(REAL_CREATE, "posts")
+    check_create_table(REAL_CREATE.replace("`price` >= 0", "`price` / -1 <= 0 - 0"), "posts")
+    check_create_table(PLAIN.format("`odd``name%`"), "odd`name%")
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ((" ENGINE=", " DATA DIRECTORY='/tmp' ENGINE="), "table option DATA DIRECTORY"),
+        ((" ENGINE=", " INDEX DIRECTORY='/tmp' ENGINE="), "table option INDEX DIRECTORY"),
+        ((" ENGINE=", " CONNECTION='mysql://x' ENGINE="), "table option CONNECTION"),
+        (("ENGINE=InnoDB", "ENGINE=CONNECT"), "engine CONNECT: only InnoDB"),
+        (("ENGINE=InnoDB", "ENGINE=FEDERATED"), "engine FEDERATED: only InnoDB"),
+        (("ENGINE=InnoDB", "ENGINE=MyISAM"), "engine MyISAM: only InnoDB"),
+        (("ENGINE=InnoDB AUTO", "AUTO"), "no ENGINE=InnoDB"),
+        (("ENGINE=InnoDB", "ENGINE=InnoDB UNION=(`a`)"), "table option UNION"),
+        (("ENGINE=InnoDB", "ENGINE=InnoDB TABLESPACE=`t`"), "table option TABLESPACE"),
+        (("ENGINE=InnoDB", "ENGINE=InnoDB WITH SYSTEM VERSIONING"), "table option WITH SYSTEM"),
+        (("ROW_FORMAT=DYNAMIC", "PARTITION BY HASH (`id`)"), "table option PARTITION BY"),
+        (("'x',\n", "'x' DATA DIRECTORY='/tmp',\n"), "DIRECTORY in a column or index definition"),
+        (("REFERENCES `authors`", "REFERENCES `production`.`authors`"), "another database"),
+        (("REFERENCES `authors`", "REFERENCES `mysql`.`user`"), "another database"),
+        (("`body` longblob", "`body` longblob `ENCRYPTED`=YES"), "option `ENCRYPTED`= in a column"),
+        (("lcase(", "load_file("), "LOAD_FILE in a column"),
+        (("COMMENT='posts", "COMMENT='posts'; DROP DATABASE `x`; -- "), "';' is not part of"),
+        (("'x',\n", "'x' /* y */,\n"), "comments are not part"),
+        (("'x',\n", "'x' # y\n,\n"), "'#' is not part of"),
+        (("DEFAULT 'a'", 'DEFAULT "a"'), "'\"' is not part of"),
+        (("CREATE TABLE `posts`", "CREATE TABLE `other`"), "creates `other`, not table 'posts'"),
+        (("CREATE TABLE", "CREATE OR REPLACE TABLE"), "not a CREATE TABLE statement"),
+        (("CREATE TABLE", "ALTER TABLE"), "not a CREATE TABLE statement"),
+        (("ROW_FORMAT=DYNAMIC", "ROW_FORMAT"), "table option ROW_FORMAT COMMENT is not"),
+    ],
+)
+def test_a_create_table_beyond_a_plain_definition_is_refused(
+    change: tuple[str, str], refusal: str
+) -> None:
+    assert change[0] in REAL_CREATE
+    with pytest.raises(DdlError, match=re.escape(refusal)):
+        check_create_table(REAL_CREATE.replace(change[0], change[1], 1), "posts")

@@ -5,7 +5,10 @@ fixtures (tests/data/deis, NOT a Deis controller)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import multiprocessing
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,15 +18,16 @@ import yaml
 
 from cidemo_infra.console import Reporter
 from cidemo_infra.envs import names, records
-from cidemo_infra.envs.deis import DeisClient
-from cidemo_infra.envs.deis_platform import DeisPlatform
 from cidemo_infra.envs.locks import env_lock, previews_lock
 from cidemo_infra.envs.names import CapacityError, Environment
-from cidemo_infra.envs.operations import EnvContext, app_settings, database_of, gc
-from cidemo_infra.envs.platform import PLATFORMS, Deployment, platform_for
-from cidemo_infra.envs.swarm import SecretMount, route_key, secret_name, service_spec
-from cidemo_infra.errors import EXIT_FAILED, EXIT_USAGE, LockError, UsageError
+from cidemo_infra.errors import EXIT_FAILED, EXIT_USAGE, LockError, SiteError, UsageError
+from cidemo_infra.pipeline.operations import EnvContext, app_settings, database_of, gc
 from cidemo_infra.placement.specs import desired_specs, image_refs
+from cidemo_infra.platforms import PLATFORMS, platform_for
+from cidemo_infra.platforms.deis import DeisClient
+from cidemo_infra.platforms.deis_platform import DeisPlatform
+from cidemo_infra.platforms.platform import Deployment
+from cidemo_infra.platforms.swarm import SecretMount, route_key, secret_name, service_spec
 from cidemo_infra.site import parse_site
 from cidemo_infra.state import StateDir
 from cidemo_infra.targets.local import local_inventory
@@ -76,6 +80,40 @@ def test_databases_of_environments() -> None:
     assert database_of(names.preview(7, "guestbook")) == "pr_7"
     assert database_of(names.staging("guestbook")) == "stage_guestbook"
     assert database_of(names.production("guestbook")) == "guestbook"
+
+
+@pytest.mark.parametrize(
+    ("app", "clash"),
+    [
+        ("pr-5", "named like an environment"),  # production's database would be PR 5's pr_5
+        ("pr-12-blog", "named like an environment"),  # production: PR 12 of app blog
+        ("stage-blog", "named like an environment"),  # production: staging of app blog
+        ("mysql", "one of MariaDB's own"),
+        ("information-schema", "one of MariaDB's own"),
+        ("performance-schema", "one of MariaDB's own"),
+        ("sys", "one of MariaDB's own"),
+    ],
+)
+def test_an_app_named_like_an_environment_or_system_database_is_refused(
+    app: str, clash: str, tmp_path: Path, cidemo
+) -> None:
+    with pytest.raises(SiteError) as caught:
+        site_of(app=app)
+    assert f"unit.yaml: environments.app: '{app}' " in str(caught.value)
+    assert clash in str(caught.value) and caught.value.exit_code == EXIT_USAGE
+    if app == "pr-5":  # through the CLI: one line, exit 2, nothing written
+        path = tmp_path / "site.yaml"
+        path.write_text(f"name: unit\nenvironments:\n  app: {app}\n")
+        result = cidemo("env", "list", "--site", str(path), "--state-dir", str(tmp_path / "st"))
+        lines = [line for line in result.err.splitlines() if line.strip()]
+        assert result.rc == EXIT_USAGE and len(lines) == 1, result.err
+        assert "environments.app: 'pr-5' is named like an environment" in lines[0]
+        assert not (tmp_path / "st").exists()
+
+
+@pytest.mark.parametrize("app", ["ghost", "pr", "stage", "prod-5", "pr5", "mysql-blog", "sys2"])
+def test_apps_that_collide_with_nothing_are_accepted(app: str) -> None:
+    assert site_of(app=app).environments.app == app
 
 
 def test_image_template_replaces_app_and_sha() -> None:
@@ -184,15 +222,36 @@ def test_service_spec_carries_secret_files_never_values() -> None:
     site = site_of(app="guestbook")
     env = names.preview(4, "guestbook")
     value = "s3cret-value-never-in-a-spec"
-    mount = SecretMount("DB_PASS", secret_name(site.name, env.name, "DB_PASS", value))
+    mount = SecretMount("DB_PASS", secret_name(site.name, env.name, "DB_PASS", value, KEY))
     spec = service_spec(site, env, "cidemo/guestbook:1", {"URL": "http://x"}, (mount,))
     assert spec.name == "cidemo-unit-app-pr-4-guestbook"
     assert "DB_PASS_FILE=/run/secrets/db_pass" in spec.env_list()
     assert not any("DB_PASS=" in e for e in spec.env_list())
     assert value not in repr(spec) and value not in str(spec.labels)
-    assert mount.name != secret_name(site.name, env.name, "DB_PASS", value + "x")
+    assert mount.name != secret_name(site.name, env.name, "DB_PASS", value + "x", KEY)
     assert spec.labels["io.cidemo.env"] == "pr-4-guestbook"
     assert route_key("/p", env.name) == "/p/services/apps/pr-4-guestbook"
+
+
+KEY = b"n" * 43  # the site's secrets/swarm_secret_names
+
+
+def public_name(site: str, env: str, key: str, value: str) -> str:
+    """The names before: an HMAC keyed with `site/env/key`, which the secret's labels show."""
+    digest = hmac.new(f"{site}/{env}/{key}".encode(), value.encode(), hashlib.sha256)
+    return f"cidemo-{site}-{digest.hexdigest()[:20]}"
+
+
+def test_a_secret_name_cannot_be_matched_to_a_guessed_value_without_the_site_key() -> None:
+    """From `docker secret ls` and the labels (site, env, key) one could test guesses of a
+    low-entropy value offline; under the site's own key the name tells nothing."""
+    name = secret_name("unit", "pr-4-guestbook", "S3_ACCESS_KEY", "hunter2", KEY)
+    guesses = ["hunter2", "password", "123456", "s3cret"]
+    assert name not in {public_name("unit", "pr-4-guestbook", "S3_ACCESS_KEY", g) for g in guesses}
+    assert name == secret_name("unit", "pr-4-guestbook", "S3_ACCESS_KEY", "hunter2", KEY)
+    assert name != secret_name("unit", "pr-4-guestbook", "S3_ACCESS_KEY", "hunter2", b"o" * 43)
+    assert name != secret_name("unit", "pr-5-guestbook", "S3_ACCESS_KEY", "hunter2", KEY)
+    assert re.fullmatch(r"cidemo-unit-[0-9a-f]{20}", name)
 
 
 def test_service_names_must_fit_a_dns_label() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, need
 
@@ -215,3 +216,70 @@ def test_fork_by_a_collaborator_does_not_start_a_preview(jobs: dict[str, ET.Elem
     assert not _would_trigger(jobs["cidemo-pr-preview"], "pull_request", payload)
     payload["pull_request"]["head"]["repo"]["full_name"] = "paulczar/ci-demo"
     assert _would_trigger(jobs["cidemo-pr-preview"], "pull_request", payload)
+
+
+# The plugin that provides each class the job XML names; Jenkins core's own classes are
+# CORE_CLASSES. Any other class fails the test below until it is added here.
+PLUGIN_OF_CLASS = {
+    "org.jenkinsci.plugins.gwt.": "generic-webhook-trigger",
+    "org.jenkinsci.plugins.credentialsbinding.": "credentials-binding",
+    "hudson.plugins.timestamper.": "timestamper",
+}
+CORE_CLASSES = ("hudson.model.", "hudson.tasks.", "hudson.scm.NullSCM", "jenkins.model.")
+# What the image needs for itself, not for the jobs: reading casc.yaml, and the Job DSL security
+# setting casc.yaml makes.
+IMAGE_OWN = {"configuration-as-code", "job-dsl"}
+JENKINS_IMAGE = REPO / "cidemo_infra" / "data" / "images" / "jenkins"
+
+
+def plugins_used(jobs: dict[str, ET.Element]) -> set[str]:
+    """From the XML: `plugin="name@version"` attributes and the plugins' classes."""
+    used: set[str] = set()
+    for name, job in jobs.items():
+        for element in job.iter():
+            if "plugin" in element.attrib:
+                used.add(element.attrib["plugin"].split("@")[0])
+            for tag in (element.tag, element.attrib.get("class", "")):
+                if "." not in tag or tag.startswith(CORE_CLASSES):
+                    continue
+                owner = next((p for c, p in PLUGIN_OF_CLASS.items() if tag.startswith(c)), None)
+                assert owner is not None, f"{name}: which plugin provides {tag}?"
+                used.add(owner)
+    return used
+
+
+def plugins_listed() -> set[str]:
+    lines = (JENKINS_IMAGE / "plugins.txt").read_text().splitlines()
+    return {ln.split(":")[0].strip() for ln in lines if ln.strip() and not ln.startswith("#")}
+
+
+def test_plugins_txt_covers_every_plugin_the_jobs_use(jobs: dict[str, ET.Element]) -> None:
+    used = plugins_used(jobs)
+    assert {"generic-webhook-trigger", "credentials-binding", "timestamper"} <= used
+    assert plugins_listed() == used | IMAGE_OWN
+
+
+def test_the_jobs_label_is_defined_in_the_configuration_as_code(
+    jobs: dict[str, ET.Element],
+) -> None:
+    casc = yaml.safe_load((JENKINS_IMAGE / "casc.yaml").read_text())
+    labels = set(str(casc["jenkins"].get("labelString", "")).split())
+    assert casc["jenkins"]["numExecutors"] >= 1  # the built-in node runs them
+    for node in casc["jenkins"].get("nodes") or []:
+        for agent in node.values():
+            labels |= set(str(agent.get("labelString", "")).split())
+    for name, job in jobs.items():
+        wanted = job.findtext("assignedNode")
+        assert wanted, f"{name} asks for no label"
+        assert wanted in labels, f"{name} asks for {wanted!r}; casc.yaml defines {labels}"
+
+
+def test_the_jobs_default_site_exists(jobs: dict[str, ET.Element]) -> None:
+    for name, job in jobs.items():
+        for param in job.iterfind(".//parameterDefinitions/*"):
+            if param.findtext("name") == "CIDEMO_SITE":
+                default = param.findtext("defaultValue") or ""
+                assert (REPO / default).is_file(), f"{name}: CIDEMO_SITE default {default}"
+                break
+        else:
+            pytest.fail(f"{name}: no CIDEMO_SITE parameter")

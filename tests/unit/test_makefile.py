@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from cidemo_infra.envs.commands import env
+from cidemo_infra.pipeline.commands import env
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -83,3 +83,9 @@ def test_a_missing_environment_or_commit_stops_make(args: list[str], message: st
     assert result.returncode == 2
     assert message in result.stderr
     assert ".venv/bin/cidemo" not in result.stdout
+
+
+def test_demo_runs_the_demo_script_with_the_site() -> None:
+    result = make_n("demo", "SITE=my.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "bash scripts/demo.sh .venv/bin/cidemo my.yaml" in result.stdout

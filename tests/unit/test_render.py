@@ -10,6 +10,7 @@ import hcl2
 import pytest
 import yaml
 
+from cidemo_infra.data import TERRAFORM_MODULE
 from tests.conftest import REPO, SITES
 
 pytestmark = pytest.mark.unit
@@ -45,7 +46,7 @@ def test_render_writes_tfvars_and_four_user_data_files(rendered) -> None:
 def test_tfvars_match_the_module_variables_exactly(rendered) -> None:
     _, paths, _ = rendered
     tfvars = json.loads(paths[0].read_text())
-    with open(REPO / "terraform" / "variables.tf") as fh:
+    with open(TERRAFORM_MODULE / "variables.tf") as fh:
         declared = {next(iter(v)) for v in hcl2.load(fh)["variable"]}
     declared = {name.strip('"') for name in declared}
     assert set(tfvars) == declared
@@ -58,7 +59,7 @@ def test_no_secret_in_output_or_in_files_meant_to_be_committed(rendered) -> None
     state, paths, output = rendered
     assert "PRIVATE KEY" not in output
     assert "PRIVATE KEY" not in paths[0].read_text()
-    for path in (REPO / "terraform").rglob("*"):
+    for path in TERRAFORM_MODULE.rglob("*"):
         if path.is_file():
             assert "PRIVATE KEY" not in path.read_text(errors="ignore")
     keys = [p for p in (state / "tls").rglob("*key*.pem")]
@@ -68,7 +69,7 @@ def test_no_secret_in_output_or_in_files_meant_to_be_committed(rendered) -> None
 def test_render_copies_the_module_into_the_state_dir(rendered) -> None:
     state, _, _ = rendered
     copied = sorted(p.name for p in (state / "terraform").glob("*.tf"))
-    assert copied == sorted(p.name for p in (REPO / "terraform").glob("*.tf"))
+    assert copied == sorted(p.name for p in TERRAFORM_MODULE.glob("*.tf"))
 
 
 def test_render_is_idempotent(tmp_path: Path, cidemo) -> None:
@@ -135,6 +136,20 @@ def test_the_deis_server_group_policy_follows_the_site(
     assert tfvars["deis_server_group_policy"] == policy
 
 
+@pytest.mark.parametrize(("node_os", "builder"), [("flatcar", False), ("coreos-legacy", True)])
+def test_the_deis_builder_port_is_opened_only_where_deis_runs(
+    tmp_path: Path, cidemo, node_os: str, builder: bool
+) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["ssh"] = {"public_key_file": str(SITES / "example-key.pub")}
+    data["node_os"] = node_os
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data))
+    result = cidemo("render", "--site", str(site), "--state-dir", str(tmp_path / "state"))
+    assert result.rc == 0, result.err
+    assert json.loads(Path(result.out.split()[0]).read_text())["deis_builder"] is builder
+
+
 def test_terraform_refuses_an_unknown_server_group_policy(rendered, tmp_path: Path) -> None:
     """The module's own validation, by the real terraform (variables.tf needs no provider),
     with the rendered inputs of the example site and one bad value."""
@@ -142,7 +157,7 @@ def test_terraform_refuses_an_unknown_server_group_policy(rendered, tmp_path: Pa
     import subprocess
 
     _, paths, _ = rendered
-    shutil.copy(REPO / "terraform" / "variables.tf", tmp_path / "variables.tf")
+    shutil.copy(TERRAFORM_MODULE / "variables.tf", tmp_path / "variables.tf")
     shutil.copy(paths[0], tmp_path / paths[0].name)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "TF_IN_AUTOMATION": "1", "HOME": str(tmp_path)}
 

@@ -12,7 +12,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
 
-RENDER = REPO / "infra" / "images" / "router" / "render-router-cfg"
+RENDER = REPO / "cidemo_infra" / "data" / "images" / "router" / "render-router-cfg"
 
 
 def render(lines: str) -> str:

@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
+from cidemo_infra.data import TERRAFORM_MODULE
 from tests.support.tfschema import Finding, check_module, labelled, load_hcl
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-MODULE_DIR = REPO / "terraform"
+MODULE_DIR = TERRAFORM_MODULE
 SCHEMA = json.loads((REPO / "tests/data/terraform-provider-openstack.json").read_text())
 
 WORLD = {"0.0.0.0/0", "::/0"}
@@ -68,6 +69,7 @@ CONTRACT_VARIABLES = {
     "nodes",
     "tags",
     "deis_server_group_policy",
+    "deis_builder",
 }
 CREDENTIAL_ARGUMENTS = {
     name
@@ -101,6 +103,10 @@ def resolve(value: Any, scope: dict[str, Any]) -> Any:
 
 
 def evaluate(expr: str, scope: dict[str, Any]) -> Any:
+    if match := re.fullmatch(r"merge\((\S+), (.+)\)", expr):
+        return {**evaluate(match[1], scope), **evaluate(match[2], scope)}
+    if expr == "{}":
+        return {}
     if match := re.fullmatch(r"(.+?) \? (.+) : (.+)", expr):
         branch = match[2] if evaluate(match[1], scope) else match[3]
         return evaluate(branch, scope)
@@ -136,9 +142,12 @@ class Rule:
     source: str
 
 
-def expand_rules(admin_cidrs: list[str]) -> list[Rule]:
+def expand_rules(admin_cidrs: list[str], deis_builder: bool = False) -> list[Rule]:
     """Every security-group rule the module creates for these admin CIDRs."""
-    scope = {"var": {"admin_cidrs": admin_cidrs, "site_name": "demo"}, "local": MODULE["locals"]}
+    scope = {
+        "var": {"admin_cidrs": admin_cidrs, "site_name": "demo", "deis_builder": deis_builder},
+        "local": MODULE["locals"],
+    }
     rules = []
     for address, body in MODULE["resource"].items():
         if not address.startswith("openstack_networking_secgroup_rule_v2."):
@@ -275,14 +284,26 @@ def test_checker_reports_a_bad_provider_requirement(tmp_path: Path, versions_tf:
 
 
 @pytest.mark.parametrize("admin_cidrs", [[], ADMINS], ids=["no admins", "admins"])
-def test_world_reaches_only_ssh_http_https_and_git(admin_cidrs: list[str]) -> None:
-    rules = expand_rules(admin_cidrs)
+@pytest.mark.parametrize("deis_builder", [False, True], ids=["swarm", "deis"])
+def test_world_reaches_only_ssh_http_https_and_git_on_deis(
+    admin_cidrs: list[str], deis_builder: bool
+) -> None:
+    rules = expand_rules(admin_cidrs, deis_builder)
     assert {r.direction for r in rules} == {"ingress"}
     assert all(r.port_min == r.port_max for r in rules), "no port ranges"
     from_world = {(r.protocol, r.port_min) for r in rules if r.source in WORLD}
-    assert from_world <= {("tcp", 22), ("tcp", 80), ("tcp", 443), ("tcp", 2222)}
-    assert {("tcp", 80), ("tcp", 443), ("tcp", 2222)} <= from_world
+    git = {("tcp", 2222)} if deis_builder else set()
+    assert from_world <= {("tcp", 22), ("tcp", 80), ("tcp", 443), *git}
+    assert {("tcp", 80), ("tcp", 443), *git} <= from_world
     assert {r.group for r in rules if r.source in WORLD} == {PUBLIC_GROUP}
+
+
+def test_the_deis_builder_port_is_closed_where_no_builder_runs() -> None:
+    """Port 2222 is git push to Deis v1's builder; on the swarm platform nothing listens there."""
+    assert not sources(expand_rules(ADMINS, deis_builder=False), "tcp", 2222)
+    assert sources(expand_rules(ADMINS, deis_builder=True), "tcp", 2222) == {"0.0.0.0/0"}
+    addresses = {r.address for r in expand_rules([], deis_builder=True) if r.port_min == 2222}
+    assert addresses == {"openstack_networking_secgroup_rule_v2.public_world"}
 
 
 def test_ssh_comes_from_the_admin_cidrs_when_given() -> None:
@@ -428,7 +449,7 @@ def test_standin_module_outputs_have_the_real_modules_shape() -> None:
     def outputs(path: Path) -> dict[str, str]:
         return {name: str(body["value"]) for name, body in labelled(load_hcl(path)["output"])}
 
-    real = outputs(REPO / "terraform" / "outputs.tf")
+    real = outputs(TERRAFORM_MODULE / "outputs.tf")
     standin = outputs(REPO / "tests" / "data" / "terraform" / "standin-openstack" / "main.tf")
     assert set(standin) == set(real)
     for key in ("name", "server_name", "role", "private_ip", "public_ip"):

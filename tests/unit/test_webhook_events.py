@@ -318,3 +318,33 @@ def test_a_push_with_a_malformed_commit_list_is_refused(commits: list[object]) -
     data["commits"] = commits
     with pytest.raises(PayloadError, match=r"commits\[0\]\.id"):
         map_event("push", data, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("name", "event"),
+    [
+        ("push.master", "push"),
+        ("push.development", "push"),
+        ("pull_request.opened", "pull_request"),
+        ("pull_request.closed-merged", "pull_request"),
+        ("pull_request.labeled-fork", "pull_request"),
+    ],
+)
+def test_events_of_another_repository_are_ignored_with_the_reason(name: str, event: str) -> None:
+    bound = DeliverySettings(repository="paulczar/ci-demo")
+    assert map_event(event, payload(name), bound) != [] and all(
+        not isinstance(i, Ignored) for i in map_event(event, payload(name), bound)
+    )
+    other = payload(name)
+    other["repository"]["full_name"] = "octocat/other-app"
+    assert map_event(event, other, bound) == [
+        Ignored(
+            "repository octocat/other-app is not this site's (paulczar/ci-demo); "
+            "its events change nothing here"
+        )
+    ]
+
+
+def test_repository_names_compare_without_case() -> None:
+    bound = DeliverySettings(repository="PaulCzar/CI-Demo")
+    assert isinstance(map_event("push", payload("push.master"), bound)[0], ProductionUp)

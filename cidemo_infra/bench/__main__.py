@@ -1,0 +1,3 @@
+from cidemo_infra.bench.run import main
+
+main()

@@ -1,0 +1,1 @@
+"""Environments' databases on the site's cluster: users, grants, clones."""
