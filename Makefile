@@ -9,12 +9,12 @@ SITE ?= infra/sites/local.yaml
 PYTEST_ARGS ?=
 
 .PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision demo destroy smoke render plan status recover images base-image \
-        test test-unit test-integration test-ghost lint wheel-check bench clean browser \
+        test test-unit test-integration test-ghost chaos lint wheel-check bench clean browser \
         env-up env-down env-list env-promote env-gc env-refresh-staging env-backups
 
 help:
 	@echo "make provision | demo | destroy | smoke | render | plan | status | recover | images | base-image"
-	@echo "make test | test-ghost | lint | wheel-check | bench | terraform-tools | browser (SITE=$(SITE))"
+	@echo "make test | test-ghost | chaos | lint | wheel-check | bench | terraform-tools | browser (SITE=$(SITE))"
 	@echo "make cloud-lab | cloud-lab-down    (the test OpenStack whose servers boot as lab nodes)"
 	@echo "make env-up PR=<n>|ENV=staging|ENV=production REF=<sha> [IMAGE=<image>] [FORK=1]"
 	@echo "make env-down PR=<n> | env-list | env-promote | env-gc | env-refresh-staging [FROM=<backup>] | env-backups"
@@ -133,6 +133,14 @@ test-ghost: venv host
 
 test-integration: venv host terraform-tools
 	$(with_tf) $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+# Every chaos scenario on a throwaway local site (make test runs a representative subset); the
+# last lines are the table, one row per scenario, columns separated by `|`.
+CHAOS_TABLE ?= .cidemo/chaos-table.txt
+chaos: venv host
+	@mkdir -p $(dir $(CHAOS_TABLE)); rm -f $(CHAOS_TABLE)
+	CIDEMO_CHAOS_FULL=1 CIDEMO_CHAOS_TABLE=$(CHAOS_TABLE) $(BIN)/python -m pytest -p no:cacheprovider \
+	  tests/integration/chaos $(PYTEST_ARGS); rc=$$?; echo; cat $(CHAOS_TABLE) 2>/dev/null; exit $$rc
 
 lint: venv
 	$(BIN)/ruff check cidemo_infra tests

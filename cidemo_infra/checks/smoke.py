@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -15,7 +16,7 @@ from cidemo_infra.checks.report import Report
 from cidemo_infra.galera.member import member_status, run_sql
 from cidemo_infra.placement.specs import GALERA_PORTS, ContainerSpec
 from cidemo_infra.probes import http_answers
-from cidemo_infra.registry.keys import JENKINS_SERVICE, PROXY_SERVICES, Registry
+from cidemo_infra.registry.keys import JENKINS_SERVICE, PROXY_SERVICES, Registry, positions_dir
 
 SMOKE_DB = "cidemo_smoke"
 
@@ -107,6 +108,8 @@ def _galera(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> 
                 True,
                 f"Synced, cluster size {st.cluster_size}, seqno {st.last_committed}",
             )
+    if any(not st.is_synced for _, st in statuses) or len(statuses) < len(members):
+        _recovery(ctx, members, report)  # a recovery's left-over keys only matter while one runs
     report.add(
         "galera cluster uuid",
         len(uuids) == 1,
@@ -114,6 +117,36 @@ def _galera(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> 
         if len(uuids) == 1
         else f"{len(uuids)} cluster UUIDs: {', '.join(sorted(uuids)) or 'none'}",
     )
+
+
+def _recovery(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
+    """While members wait in the automatic recovery, say who reported a position and who not."""
+    if not members:
+        return
+    cluster = dict(members[0].env).get("CLUSTER_NAME", "cidemo")
+    positions = ctx.registry.children(positions_dir(ctx.registry.prefix, cluster))
+    if not positions:
+        return
+    reported = []
+    for spec in members:
+        raw = positions.get(spec.node)
+        if raw is None:
+            continue
+        try:
+            pos = json.loads(raw)
+            reported.append(
+                f"{spec.node} seqno {pos['seqno']} ({pos['state']}, generation {pos['generation']})"
+            )
+        except (ValueError, KeyError, TypeError):
+            reported.append(f"{spec.node} unreadable")
+    missing = [s.node for s in members if s.node not in positions]
+    ignored = sorted(set(positions) - {s.node for s in members})
+    detail = (
+        f"automatic recovery under way: reported {', '.join(reported) or 'none'}; "
+        f"missing {', '.join(missing) or 'none'}"
+        + (f"; ignored (not members) {', '.join(ignored)}" if ignored else "")
+    )
+    report.add("galera recovery", False, detail)
 
 
 def _proxy(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:

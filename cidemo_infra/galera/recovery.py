@@ -86,7 +86,10 @@ def move_guard(registry: Registry, cluster: str, best: Position, positions: list
         except (ValueError, AttributeError):
             generation = 0
     generation = max([generation, *(p.generation for p in positions)]) + 1
-    value = json.dumps({"node": best.node, "generation": generation}, separators=(",", ":"))
+    value = json.dumps(
+        {"node": best.node, "generation": generation, "uuid": best.uuid, "seqno": best.seqno},
+        separators=(",", ":"),
+    )
     if not registry.compare_and_swap(key, value, current):
         raise PlacementError(
             f"the bootstrap guard {key} changed while recovering; another "

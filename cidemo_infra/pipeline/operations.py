@@ -19,10 +19,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import docker.errors
+import etcd
 
 from cidemo_infra.backups import backup
 from cidemo_infra.backups.store import BackupStore, check_name, store_for
@@ -34,8 +39,10 @@ from cidemo_infra.envs.names import Environment
 from cidemo_infra.errors import UsageError
 from cidemo_infra.lifecycle import SECRETS, Session, open_session
 from cidemo_infra.pipeline.github import PullRequests
+from cidemo_infra.placement.specs import container_name, has_router
 from cidemo_infra.platforms import platform_for
 from cidemo_infra.platforms.platform import AppPlatform
+from cidemo_infra.platforms.swarm import maintenance_key
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 
@@ -351,6 +358,62 @@ class Refreshed:
     pruned: tuple[str, ...]
 
 
+MAINTENANCE_RETRY_AFTER = 30  # seconds a client is told to wait
+MAINTENANCE_TTL = 60  # the key outlives a killed tool by at most this long
+
+
+@contextlib.contextmanager
+def maintenance(ctx: EnvContext, env: str) -> Iterator[None]:
+    """Hold `env` in maintenance (the router answers 503 with a Retry-After) while the block
+    runs, and put it back after, whatever the block did. The key has a TTL, refreshed from a
+    thread, so a tool that dies leaves staging in maintenance for at most MAINTENANCE_TTL s."""
+    if not has_router(ctx.site):
+        yield
+        return
+    registry = ctx.session.registry()
+    key = maintenance_key(registry.prefix, env)
+    value = str(MAINTENANCE_RETRY_AFTER)
+    registry.client.write(key, value, ttl=MAINTENANCE_TTL)
+    if _router_holds(ctx, env):
+        ctx.reporter.step(f"{env} in maintenance (503, Retry-After {value} s) during the restore")
+    else:
+        ctx.reporter.step(
+            f"the router did not confirm {env}'s maintenance in time; restoring anyway"
+        )
+    done = threading.Event()
+
+    def refresh() -> None:
+        while not done.wait(MAINTENANCE_TTL / 3):
+            with contextlib.suppress(Exception):  # etcd may blink; the next round retries
+                registry.client.write(key, value, ttl=MAINTENANCE_TTL)
+
+    refresher = threading.Thread(target=refresh, daemon=True)
+    refresher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        refresher.join(timeout=10)
+        with contextlib.suppress(etcd.EtcdKeyNotFound):
+            registry.client.delete(key)
+        ctx.reporter.step(f"{env} out of maintenance")
+
+
+def _router_holds(ctx: EnvContext, env: str, wait: float = 20.0) -> bool:
+    """Whether the router has taken `env`'s maintenance into its config (its routes file)."""
+    standalone = ctx.session.inventory.of_role("standalone")[0]
+    client = ctx.session.clients[standalone.engine]
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        with contextlib.suppress(docker.errors.DockerException):
+            router = client.containers.get(container_name(ctx.site, "router"))
+            out = router.exec_run(["cat", "/run/cidemo/routes"]).output.decode(errors="replace")
+            if f"@maintenance {env} " in out:
+                return True
+        time.sleep(0.5)
+    return False
+
+
 def refresh_staging(
     ctx: EnvContext,
     from_backup: str | None = None,
@@ -362,7 +425,8 @@ def refresh_staging(
     stored copy (fetched back and verified against its manifest first); or, with `from_backup`,
     restore an existing backup of the store (a format-1 one, which has no authentication, only
     with `allow_unauthenticated`). Atomic: a failed restore leaves staging's database as it was.
-    After a new backup, all but the newest `environments.backup_keep` are removed."""
+    Staging's app is held in maintenance during the restore (swarm platform's router). After a
+    new backup, all but the newest `environments.backup_keep` are removed."""
     stage, prod = names.staging(ctx.app), names.production(ctx.app)
     source, target = database_of(prod), database_of(stage)
     store = store or backup_store(ctx.site, ctx.state)
@@ -375,7 +439,7 @@ def refresh_staging(
                 name = _back_up(ctx, conn, store, source, key)
             else:
                 name = check_name(from_backup)
-            with store.fetch(name) as path:
+            with store.fetch(name) as path, maintenance(ctx, stage.name):
                 if not database.database_exists(conn, target):
                     database.execute(
                         conn,

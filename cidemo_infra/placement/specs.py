@@ -177,6 +177,7 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
     else:
         specs.append(_service_spec(site, inventory, standalone, "gateway", images["dbproxy"]))
     galera = site.services.galera
+    galera_nodes = [n.name for n in inventory.of_role("deis")[: galera.members]]
     for node in inventory.of_role("deis")[: galera.members]:
         specs.append(
             _service_spec(
@@ -189,6 +190,9 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
                     ("CLUSTER_NAME", galera.cluster_name),
                     ("SST_METHOD", galera.sst_method),
                     ("JOIN_TIMEOUT", str(galera.join_timeout)),
+                    ("AUTO_RECOVERY", "on" if galera.auto_recovery else "off"),
+                    ("RECOVERY_WAIT", str(galera.recovery_wait)),
+                    ("EXPECTED_MEMBERS", ",".join(galera_nodes)),
                 ),
                 volumes=((volume_name(site, "galera", node.name), "/var/lib/mysql"),),
                 secrets=GALERA_SECRETS,

@@ -98,6 +98,11 @@ def route_key(prefix: str, env: str) -> str:
     return f"{prefix}/services/apps/{env}"
 
 
+def maintenance_key(prefix: str, env: str) -> str:
+    """While it exists the router answers the env's host 503 with Retry-After = its value."""
+    return f"{prefix}/services/maintenance/{env}"
+
+
 def secret_name(site: str, env: str, key: str, value: str, names_key: bytes) -> str:
     """Swarm secrets cannot change, so a new value gets a new name: an HMAC of the value under
     the site's secret `names_key`, within Swarm's 64 characters. Whoever can list the swarm's

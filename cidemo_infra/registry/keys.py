@@ -29,6 +29,11 @@ def guard_key(prefix: str, cluster: str) -> str:
     return f"{prefix}/cidemo/galera/{cluster}/bootstrap"
 
 
+def positions_dir(prefix: str, cluster: str) -> str:
+    """Where members publish their recovered positions (TTL) while no Primary component lives."""
+    return f"{prefix}/cidemo/galera/{cluster}/positions"
+
+
 @dataclass(frozen=True)
 class Registration:
     service: str
@@ -89,6 +94,18 @@ class Registry:
                 Registration(service, leaf.key.rsplit("/", 1)[-1], leaf.value or "", leaf.ttl)
             )
         return sorted(out, key=lambda r: r.key_id)
+
+    def children(self, path: str) -> dict[str, str]:
+        """The live keys directly under `path`: last path element -> value."""
+        try:
+            result = self.client.read(path, recursive=False)
+        except etcd.EtcdKeyNotFound:
+            return {}
+        return {
+            leaf.key.rsplit("/", 1)[-1]: leaf.value or ""
+            for leaf in result.leaves
+            if not leaf.dir and leaf.key != result.key
+        }
 
     def get(self, key: str) -> str | None:
         try:

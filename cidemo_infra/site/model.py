@@ -101,6 +101,18 @@ class Galera(_Strict):
     sst_method: Literal["rsync", "mariabackup"] = "rsync"
     ttl: int = Field(10, ge=4, le=300)
     join_timeout: int = Field(300, ge=10, le=3600)
+    auto_recovery: bool = Field(
+        True,
+        description="after a crash of every member, the members elect the most advanced one "
+        "and bootstrap from it with no operator (false: cidemo recover only)",
+    )
+    recovery_wait: int = Field(
+        120,
+        ge=10,
+        le=3600,
+        description="seconds the members wait for every member's position before a majority "
+        "suffices",
+    )
     image: str | None = Field(
         None, description="override the image built from cidemo_infra/data/images/galera"
     )

@@ -18,10 +18,12 @@ import http.client
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,7 +44,13 @@ from cidemo_infra.registry.keys import Registry
 from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.signature import sign
 from tests.conftest import REPO, Run
-from tests.integration.conftest import TestSite, free_port, make_site, remove_site
+from tests.integration.conftest import (
+    TestSite,
+    free_port,
+    make_site,
+    provision_converged,
+    remove_site,
+)
 from tests.support.http_page import page
 from tests.support.recording_github import RecordingGitHub
 
@@ -287,7 +295,7 @@ def app_images(engine: docker.DockerClient) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def envs(site: TestSite) -> Iterator[Env]:
-    result = site.cidemo("provision")
+    result = provision_converged(site)
     assert result.rc == 0, result.err + result.out
     secret = secrets.token_urlsafe(24)
     path = site.state / "secrets" / "webhook_secret"
@@ -656,12 +664,49 @@ def test_promote_moves_stagings_image(engine: docker.DockerClient, envs: Env) ->
     assert again.rc == 0, again.err
 
 
+class StatusWatch(threading.Thread):
+    """GETs an environment's host through the router every 0.1 s (bounded) until stopped,
+    keeping each answer's status and Retry-After header."""
+
+    def __init__(self, port: int, host: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.host = port, host
+        self.seen: list[tuple[int, str | None]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 600
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                conn.request("GET", "/", headers={"Host": self.host})
+                response = conn.getresponse()
+                response.read()
+                self.seen.append((response.status, response.getheader("Retry-After")))
+            except OSError:
+                self.seen.append((0, None))
+            finally:
+                conn.close()
+            time.sleep(0.1)
+
+    def __enter__(self) -> StatusWatch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join(timeout=30)
+
+
 def test_refresh_staging_restores_production_into_staging(envs: Env) -> None:
     assert envs.post(APP, "written in production") == 303
     production = envs.rows(APP)
     assert production == ["written in production"]
-    result = envs.cli("refresh-staging", "--yes")
+    with StatusWatch(envs.router_port, f"stage-{APP}.{DOMAIN}") as watch:
+        result = envs.cli("refresh-staging", "--yes")
     assert result.rc == 0, result.err
+    # staging was held in maintenance during the restore, and the router said when to retry
+    assert (503, "30") in watch.seen, watch.seen
     assert "stage_guestbook now holds guestbook" in result.out
     assert envs.rows("stage_guestbook") == production
     backups = list((envs.site.state / "backups").iterdir())
@@ -712,6 +757,22 @@ def test_refresh_staging_refuses_a_tampered_or_unauthenticated_backup(envs: Env)
     assert allowed.rc == 0, allowed.err
     assert envs.rows("stage_guestbook") == staged
     manifest_file.write_bytes(original)
+
+
+def test_a_failed_restore_still_ends_staging_maintenance(envs: Env) -> None:
+    before = envs.rows("stage_guestbook")
+    backups = envs.site.state / "backups"
+    good = sorted(p for p in backups.iterdir() if p.is_dir())[-1]
+    broken = backups / (good.name[: -len("T000000Z")] + "T000001Z")
+    shutil.copytree(good, broken)
+    for table in broken.glob("*.jsonl.gz"):
+        table.write_bytes(b"not what the manifest says")
+    with StatusWatch(envs.router_port, f"stage-{APP}.{DOMAIN}") as watch:
+        result = envs.cli("refresh-staging", "--yes", "--from", broken.name)
+    assert result.rc == 1, result.out + result.err
+    assert (503, "30") in watch.seen, watch.seen  # the restore ran in maintenance, and failed
+    assert envs.rows("stage_guestbook") == before
+    wait_for("staging serving again", lambda: envs.serving(f"stage-{APP}"), 30)
 
 
 def object_storage_cloud() -> str:

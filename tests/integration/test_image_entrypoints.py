@@ -53,3 +53,24 @@ def test_a_bad_environment_is_one_fatal_line_and_exit_1(
     assert code == 1, logs
     fatal = [ln for ln in logs.splitlines() if "FATAL" in ln]
     assert len(fatal) == 1 and message in fatal[0], logs
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AUTO_RECOVERY": "maybe"}, "AUTO_RECOVERY must be on or off, got 'maybe'"),
+        ({"RECOVERY_WAIT": "soon"}, "RECOVERY_WAIT must be a number of seconds, got 'soon'"),
+        (
+            {"NODE_NAME": "deis-9", "EXPECTED_MEMBERS": "deis-1,deis-2,deis-3"},
+            "NODE_NAME 'deis-9' is not in EXPECTED_MEMBERS 'deis-1,deis-2,deis-3'",
+        ),
+    ],
+    ids=["auto-recovery-word", "recovery-wait-word", "not-an-expected-member"],
+)
+def test_a_bad_recovery_setting_is_one_fatal_line_and_exit_1(
+    engine: docker.DockerClient, tags: dict[str, str], env: dict[str, str], message: str
+) -> None:
+    code, logs = start(engine, tags["galera"], {"ETCD_URL": "http://127.0.0.1:9", **env})
+    assert code == 1, logs
+    fatal = [ln for ln in logs.splitlines() if "FATAL" in ln]
+    assert len(fatal) == 1 and message in fatal[0], logs

@@ -107,6 +107,17 @@ def test_members_get_the_node_addresses_and_the_registration_layout_inputs() -> 
     assert env["CONTAINER_NAME"] == members[0].name == "cidemo-p1-galera-deis-1"
     assert env["ETCD_URL"] == "http://10.213.7.5:2379"
     assert env["NODE_ADDRESS"] == "10.213.7.10"
+    # the automatic recovery counts positions only from these names
+    assert env["EXPECTED_MEMBERS"] == "deis-1,deis-2,deis-3"
+    assert (env["AUTO_RECOVERY"], env["RECOVERY_WAIT"]) == ("on", "120")
+
+
+def test_auto_recovery_can_be_turned_off_by_the_site() -> None:
+    site = parse_site("name: p1\nservices: {galera: {auto_recovery: false, recovery_wait: 45}}")
+    member = next(
+        s for s in desired_specs(site, local_inventory(site), IMAGES) if s.role == "galera"
+    )
+    assert (dict(member.env)["AUTO_RECOVERY"], dict(member.env)["RECOVERY_WAIT"]) == ("off", "45")
 
 
 def test_a_maxscale_site_places_its_own_image_with_the_maxscale_kind() -> None:

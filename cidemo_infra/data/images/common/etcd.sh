@@ -143,6 +143,18 @@ etcd_ls() {
   jq -r '.node.nodes // [] | .[] | select(.dir != true) | .value' <<<"$body"
 }
 
+# etcd_ls_keys DIR: the live keys directly under DIR, one a line: NAME<TAB>VALUE<TAB>EXPIRATION
+# (NAME: the last path element; EXPIRATION empty for a key without TTL); nothing if DIR is absent.
+etcd_ls_keys() {
+  local body rc=0
+  body=$(_etcd_request GET "$(_etcd_url "${1%/}")") || return 2
+  _etcd_result "$body" get || rc=$?
+  [ "$rc" -eq 1 ] && return 0
+  [ "$rc" -eq 0 ] || return "$rc"
+  jq -r '.node.nodes // [] | .[] | select(.dir != true)
+    | [(.key | split("/") | last), (.value // ""), (.expiration // "")] | @tsv' <<<"$body"
+}
+
 # etcd_wait_ready SECONDS: wait until the v2 keys API answers; 1 with a log line on timeout.
 etcd_wait_ready() {
   local limit=${1:-60} start=$SECONDS body next_log=0

@@ -1,6 +1,6 @@
 #!/bin/bash
 # cidemo MariaDB Galera member: etcd (v2) discovery, a bootstrap guard, TTL registration.
-# Contract and environment: infra/images/README.md. Secrets are read from files and never logged.
+# Contract and environment: cidemo_infra/data/images/README.md. Secrets are read from files and never logged.
 set -euo pipefail
 
 # One-off commands (galera-position, mariadb, bash) run as given, without starting a member.
@@ -19,6 +19,7 @@ SECRETS_DIR=/etc/cidemo/secrets
 DATADIR=/var/lib/mysql
 RUNDIR=/run/cidemo
 GENERATION_FILE=$DATADIR/cidemo-bootstrap-generation
+SYNCED_GENERATION_FILE=$DATADIR/cidemo-synced-generation
 SST_CNF=$RUNDIR/wsrep-sst.cnf
 INIT_SQL=$RUNDIR/init.sql
 
@@ -36,11 +37,29 @@ ETCD_WAIT=${ETCD_WAIT:-60}
 is_uint "$ETCD_WAIT" || die "ETCD_WAIT must be a number of seconds, got '$ETCD_WAIT'"
 JOIN_TIMEOUT=${JOIN_TIMEOUT:-300}
 is_uint "$JOIN_TIMEOUT" || die "JOIN_TIMEOUT must be a number of seconds, got '$JOIN_TIMEOUT'"
+AUTO_RECOVERY=${AUTO_RECOVERY:-on}
+case "$AUTO_RECOVERY" in
+  on | off) ;;
+  *) die "AUTO_RECOVERY must be on or off, got '$AUTO_RECOVERY'" ;;
+esac
+RECOVERY_WAIT=${RECOVERY_WAIT:-120}
+is_uint "$RECOVERY_WAIT" || die "RECOVERY_WAIT must be a number of seconds, got '$RECOVERY_WAIT'"
 CLUSTER_NAME=${CLUSTER_NAME:-cidemo}
 [[ "$CLUSTER_NAME" =~ ^[A-Za-z0-9_.-]+$ ]] || die "CLUSTER_NAME must match [A-Za-z0-9_.-]+, got '$CLUSTER_NAME'"
 HOST_ID=$(hostname)
 NODE_NAME=${NODE_NAME:-$HOST_ID}
 [[ "$NODE_NAME" =~ ^[A-Za-z0-9_.-]+$ ]] || die "NODE_NAME must match [A-Za-z0-9_.-]+, got '$NODE_NAME'"
+EXPECTED_MEMBERS=${EXPECTED_MEMBERS:-}
+if [ "$AUTO_RECOVERY" = on ] && [ -z "$EXPECTED_MEMBERS" ]; then
+  log "EXPECTED_MEMBERS is not set: automatic recovery is off (it counts only the members named there)"
+  AUTO_RECOVERY=off
+fi
+if [ "$AUTO_RECOVERY" = on ]; then
+  [[ "$EXPECTED_MEMBERS" =~ ^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$ ]] ||
+    die "EXPECTED_MEMBERS must list the members' node names (a,b,c), got '$EXPECTED_MEMBERS'"
+  [[ ",$EXPECTED_MEMBERS," == *",$NODE_NAME,"* ]] ||
+    die "NODE_NAME '$NODE_NAME' is not in EXPECTED_MEMBERS '$EXPECTED_MEMBERS'"
+fi
 CONTAINER_NAME=${CONTAINER_NAME:-$HOST_ID}
 NODE_ADDRESS=${NODE_ADDRESS:-$(first_ipv4)}
 # On a cloud node the member shares the host's network and listens on the private address only.
@@ -100,11 +119,14 @@ has_cluster_state() {
 }
 
 stored_generation() {
-  local g=0
-  [ -f "$GENERATION_FILE" ] && g=$(<"$GENERATION_FILE")
+  local g=0 file=${1:-$GENERATION_FILE}
+  [ -f "$file" ] && g=$(<"$file")
   is_uint "$g" || g=0
   printf '%s' "$g"
 }
+
+# shellcheck source=recovery.sh
+. /usr/local/lib/cidemo/galera-recovery.sh
 
 # 1. etcd
 etcd_wait_ready "$ETCD_WAIT" || die "etcd is not reachable at $ETCD_URL after $ETCD_WAIT s (ETCD_WAIT); giving up"
@@ -131,17 +153,25 @@ MODE="join"
 GEN=0
 GUARD_NODE=""
 GUARD_GEN=0
+GUARD_RAW=""
+GUARD_UUID=""
+GUARD_SEQNO=""
 
+# read_guard also sets GUARD_RAW (for compare-and-swap) and, after an automatic recovery,
+# GUARD_UUID and GUARD_SEQNO: the position the cluster was bootstrapped from.
 read_guard() {
   local value rc=0
   value=$(etcd_get "$GUARD_KEY") || rc=$?
   case "$rc" in
     0) ;;
-    1) GUARD_NODE=""; GUARD_GEN=0; return 1 ;;
+    1) GUARD_NODE=""; GUARD_GEN=0; GUARD_RAW=""; GUARD_UUID=""; GUARD_SEQNO=""; return 1 ;;
     *) return 2 ;;
   esac
+  GUARD_RAW=$value
   GUARD_NODE=$(jq -r '.node // empty' <<<"$value" 2>/dev/null) || GUARD_NODE=""
   GUARD_GEN=$(jq -r '.generation // empty' <<<"$value" 2>/dev/null) || GUARD_GEN=""
+  GUARD_UUID=$(jq -r '.uuid // empty' <<<"$value" 2>/dev/null) || GUARD_UUID=""
+  GUARD_SEQNO=$(jq -r '.seqno // empty' <<<"$value" 2>/dev/null) || GUARD_SEQNO=""
   if [ -z "$GUARD_NODE" ] || ! is_uint "$GUARD_GEN"; then
     die "the bootstrap guard ${ETCD_PREFIX}${GUARD_KEY} holds '$value', not {\"node\":..,\"generation\":N}"
   fi
@@ -163,7 +193,7 @@ if [ "$guard_rc" -eq 1 ]; then
     create_rc=0
     etcd_create "$GUARD_KEY" "$(jq -cn --arg n "$NODE_NAME" '{node: $n, generation: 1}')" || create_rc=$?
     case "$create_rc" in
-      0) GUARD_NODE=$NODE_NAME; GUARD_GEN=1; STORED_GEN=0 ;;
+      0) read_guard || die "cannot read the bootstrap guard ${ETCD_PREFIX}${GUARD_KEY} it created"; STORED_GEN=0 ;;
       1) read_guard || die "cannot read the bootstrap guard ${ETCD_PREFIX}${GUARD_KEY} after losing the race" ;;
       *) die "cannot create the bootstrap guard ${ETCD_PREFIX}${GUARD_KEY} on $ETCD_URL" ;;
     esac
@@ -182,28 +212,64 @@ live_members() {
     LC_ALL=C sort -u | paste -sd, -
 }
 
+# fresh_members: like live_members, but only keys a running member refreshed since this start:
+# keys that appeared after the first look, or whose expiration moved. A crashed member's keys
+# linger until their TTL runs out, and must not pass for a live Primary component. Sets PEERS
+# (not run in a subshell: it remembers what it saw).
+declare -A SEEN_EXPIRATION=()
+FIRST_LOOK=1
+fresh_members() {
+  local lines name value exp out=()
+  PEERS=""
+  lines=$(etcd_ls_keys "$MON_DIR") || return 2
+  while IFS=$'\t' read -r name value exp; do
+    [ -n "$name" ] || continue
+    [[ "$value" =~ ^[0-9.]+:[0-9]+$ ]] || continue
+    [ "${value%%:*}" = "$NODE_ADDRESS" ] && continue
+    if [ "$FIRST_LOOK" -eq 0 ] && { [ -z "${SEEN_EXPIRATION[$name]+x}" ] ||
+      [ "${SEEN_EXPIRATION[$name]}" != "$exp" ]; }; then
+      out+=("$value")
+    fi
+    SEEN_EXPIRATION[$name]=$exp
+  done <<<"$lines"
+  FIRST_LOOK=0
+  [ "${#out[@]}" -gt 0 ] || return 0
+  PEERS=$(printf '%s\n' "${out[@]}" | LC_ALL=C sort -u | paste -sd, -)
+}
+
 PEERS=""
 if [ "$MODE" = join ]; then
   start=$SECONDS
   next_log=0
+  ELECTING=0
+  [ "$AUTO_RECOVERY" = on ] && has_cluster_state && ELECTING=1
   while :; do
     rc=0
-    PEERS=$(live_members) || rc=$?
+    if [ "$ELECTING" -eq 1 ]; then
+      fresh_members || rc=$?
+    else
+      PEERS=$(live_members) || rc=$?
+    fi
     [ -n "$PEERS" ] && break
-    if read_guard && guard_names_us; then
+    guard_rc=0
+    read_guard || guard_rc=$?
+    if [ "$guard_rc" -eq 0 ] && guard_names_us; then
       MODE=bootstrap
       GEN=$GUARD_GEN
       log "the bootstrap guard now names this member (generation $GEN)"
       break
     fi
     waited=$((SECONDS - start))
-    if [ "$waited" -ge "$JOIN_TIMEOUT" ]; then
+    # a live member refreshes its keys every TTL/2: none refreshed for TTL + 2 s means none is live
+    if [ "$ELECTING" -eq 1 ] && [ "$guard_rc" -ne 2 ] && [ "$waited" -ge $((TTL + 2)) ]; then
+      if election_step; then break; fi
+    elif [ "$ELECTING" -eq 0 ] && [ "$waited" -ge "$JOIN_TIMEOUT" ]; then
       log "the bootstrap guard names ${GUARD_NODE:-nobody} (generation $GUARD_GEN); this member $NODE_NAME" \
         "last bootstrapped generation $STORED_GEN"
       die "no live member registered under ${ETCD_PREFIX}${MON_DIR}/ after $JOIN_TIMEOUT s;" \
         "the cluster needs a bootstrap: run \`cidemo recover\`"
     fi
-    if [ "$waited" -ge "$next_log" ]; then
+    if [ "$waited" -ge "$next_log" ] && [ "$ELECTION_START" -lt 0 ]; then
       [ "$rc" -eq 0 ] || log "etcd did not answer the member list; retrying"
       log "waiting for a live member under ${ETCD_PREFIX}${MON_DIR}/ (${waited}/${JOIN_TIMEOUT} s;" \
         "guard: ${GUARD_NODE:-none} generation $GUARD_GEN)"
@@ -213,16 +279,31 @@ if [ "$MODE" = join ]; then
   done
 fi
 
-# 5. after a kill grastate.dat says seqno -1: recover the position so that a joiner gets IST, not SST
+# 5. recover the committed position so that a joiner gets IST, not SST: grastate.dat says -1 after a
+# kill, and can hold a stale seqno (an rsync donor writes it when it pauses)
 START_POS=()
-if [ -f "$DATADIR/grastate.dat" ] && [ "$(grastate_field seqno)" = -1 ]; then
-  if pos_json=$(galera-position); then
-    pos_seqno=$(jq -r .seqno <<<"$pos_json")
-    if [ "$pos_seqno" -ge 0 ]; then
-      START_POS=(--wsrep-start-position="$(jq -r .uuid <<<"$pos_json"):$pos_seqno")
+if has_cluster_state; then
+  if recover_position; then
+    if [ "$MY_SEQNO" -ge 0 ]; then
+      START_POS=(--wsrep-start-position="$MY_UUID:$MY_SEQNO")
     fi
   else
     log "could not recover the position; the member may need a full SST"
+  fi
+fi
+if [ "$MODE" = join ]; then withdraw_position; fi
+
+# A member that was not part of the last automatic recovery and holds write-sets beyond the
+# position the cluster was bootstrapped from has a history the cluster never had: joining by
+# IST would mix the two, so it discards its state and takes a full state transfer.
+if [ "$MODE" = join ] && [ -n "$GUARD_UUID" ] && [[ "$GUARD_SEQNO" =~ ^[0-9]+$ ]] && has_cluster_state &&
+  [ "$(stored_generation "$SYNCED_GENERATION_FILE")" -lt "$GUARD_GEN" ]; then
+  recover_position || true
+  if [ "$MY_UUID" = "$GUARD_UUID" ] && [ "$MY_SEQNO" -gt "$GUARD_SEQNO" ]; then
+    log "this member's data reaches seqno $MY_SEQNO, beyond the seqno $GUARD_SEQNO that generation" \
+      "$GUARD_GEN was bootstrapped from without it: discarding its state for a full state transfer"
+    mv -f "$DATADIR/grastate.dat" "$DATADIR/grastate.dat.diverged"
+    START_POS=()
   fi
 fi
 
@@ -330,6 +411,9 @@ while [ -z "$TERM_SIGNAL" ] && kill -0 "$MARIADBD" 2>/dev/null; do
         mv -f "$GENERATION_FILE.tmp" "$GENERATION_FILE"
         log "bootstrapped generation $GEN stored in $GENERATION_FILE"
       fi
+      printf '%s\n' "$GUARD_GEN" >"$SYNCED_GENERATION_FILE.tmp"
+      chown mysql:mysql "$SYNCED_GENERATION_FILE.tmp"
+      mv -f "$SYNCED_GENERATION_FILE.tmp" "$SYNCED_GENERATION_FILE"
       log "Synced, wsrep_ready ON, cluster size $size"
     fi
     if [ "$ANNOUNCE_STATE" != registered ] || [ $((SECONDS - LAST_REFRESH)) -ge "$HALF_TTL" ]; then
@@ -338,6 +422,10 @@ while [ -z "$TERM_SIGNAL" ] && kill -0 "$MARIADBD" 2>/dev/null; do
   else
     interval=0.5
     announce_pause "wsrep state is '${state:-unknown}', wsrep_ready '${ready:-unknown}'"
+    # the bootstrapping member says so until Synced, so that no other election starts meanwhile
+    if [ "$MODE" = bootstrap ] && [ "$SYNCED_ONCE" -eq 0 ] && [ -n "$MY_UUID" ]; then
+      publish_position bootstrapping "$GEN"
+    fi
   fi
   sleep "$interval" &
   wait $! 2>/dev/null || true

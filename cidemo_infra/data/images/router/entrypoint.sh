@@ -18,6 +18,7 @@ CFG=/etc/haproxy/haproxy.cfg
 ROUTES=/run/cidemo/routes
 POLL_INTERVAL=${POLL_INTERVAL:-2}
 ROUTE_DIR=/services/apps
+MAINTENANCE_DIR=/services/maintenance
 
 [ -n "${APPS_DOMAIN:-}" ] || { log "FATAL: APPS_DOMAIN is not set (e.g. cidemo.test)"; exit 1; }
 
@@ -30,6 +31,19 @@ routes() {
   [ "$rc" -eq 0 ] || return "$rc"
   jq -r '.node.nodes // [] | .[] | select(.dir != true) | "\(.key | split("/") | last) \(.value)"' \
     <<<"$body" | grep -E '^[a-z0-9-]+ [a-z0-9][a-z0-9_.-]*:[0-9]+$' | LC_ALL=C sort -u || true
+  maintenance
+}
+
+# maintenance: `@maintenance <env> <retry-after seconds>` a line, for the envs held in maintenance
+maintenance() {
+  local body rc=0
+  body=$(_etcd_request GET "$(_etcd_url "$MAINTENANCE_DIR")") || return 2
+  _etcd_result "$body" get || rc=$?
+  [ "$rc" -eq 1 ] && return 0
+  [ "$rc" -eq 0 ] || return "$rc"
+  jq -r '.node.nodes // [] | .[] | select(.dir != true)
+    | "@maintenance \(.key | split("/") | last) \(.value)"' <<<"$body" |
+    grep -E '^@maintenance [a-z0-9-]+ [0-9]{1,5}$' | LC_ALL=C sort -u || true
 }
 
 render() {
