@@ -139,60 +139,109 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
+class SpareEngine:
+    """A dockerd of the test's own: listening on `host`, data and state under `root`, its default
+    network on a bridge of its own and no iptables rules. `start` launches it and waits for it (60
+    s); `stop` sends SIGTERM and waits for it to exit, as at a host's shutdown (its containers are
+    stopped by the daemon, not by a user, so their restart policy starts them again at the next
+    `start`, with the same root and flags). `close` empties it, stops it and removes its root and
+    bridge. Never `--bridge none`: a dockerd started so deletes the host's docker0, which the
+    machine's own dockerd (same network namespace) still uses."""
+
+    def __init__(
+        self, root: Path, host: str, connect: Callable[[], docker.DockerClient], *extra: str
+    ) -> None:
+        self.root, self.host, self.connect, self.extra = root, host, connect, extra
+        self.bridge = f"cidsp{secrets.token_hex(4)}"  # an interface name: at most 15 characters
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client: docker.DockerClient | None = None
+        self.log = root / "dockerd.log"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True, timeout=30)
+
+    def start(self) -> docker.DockerClient:
+        assert self.proc is None, "the spare dockerd is already running"
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                [
+                    "dockerd",
+                    "--host",
+                    self.host,
+                    "--data-root",
+                    str(self.root / "data"),
+                    "--exec-root",
+                    str(self.root / "exec"),
+                    "--pidfile",
+                    str(self.root / "docker.pid"),
+                    "--bridge",
+                    self.bridge,
+                    "--iptables=false",
+                    "--ip-masq=false",
+                    *self.extra,
+                ],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        self.client = None
+        while self.client is None:
+            try:
+                self.client = self.connect()
+            except (EngineError, *ENGINE_ERRORS):
+                assert self.proc.poll() is None, self.log.read_text()[-2000:]
+                late = time.monotonic() >= deadline
+                assert not late, f"the dockerd on {self.host} did not answer in 60 s"
+                time.sleep(0.5)
+        return self.client
+
+    def stop(self, timeout: float = 120) -> None:
+        """SIGTERM and wait for the daemon to exit (it stops its containers first)."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.wait(timeout=10)
+            message = f"the dockerd on {self.host} did not exit within {timeout:.0f} s"
+            raise AssertionError(message) from exc
+
+    def close(self) -> None:
+        try:
+            if self.client is not None:
+                for c in self.client.containers.list(all=True):
+                    c.remove(force=True, v=True)
+        finally:
+            if self.proc is not None:
+                proc, self.proc = self.proc, None
+                stop_process(proc)
+            subprocess.run(["ip", "link", "del", self.bridge], check=False, timeout=30)
+            # the daemon leaves its default network namespace mounted under the exec root
+            points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+            under = [m for m in points if m.startswith(f"{self.root}/")]
+            for mount in reversed(under):
+                subprocess.run(["umount", mount], check=False, timeout=30)
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def spare_dockerd(
     root: Path, host: str, connect: Callable[[], docker.DockerClient], *extra: str
 ) -> Iterator[docker.DockerClient]:
-    """A dockerd of the test's own: listening on `host`, data and state under `root`, its default
-    network on a bridge of its own and no iptables rules; waited for (60 s), emptied, stopped and
-    removed after, with its bridge. Never `--bridge none`: a dockerd started so deletes the host's
-    docker0, which the machine's own dockerd (same network namespace) still uses."""
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    log = root / "dockerd.log"
-    bridge = f"cidsp{secrets.token_hex(4)}"  # an interface name: at most 15 characters
-    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True, timeout=30)
+    """A `SpareEngine` started, waited for (60 s), emptied, stopped and removed after, with its
+    bridge."""
+    spare = SpareEngine(root, host, connect, *extra)
     try:
-        proc = start_process(
-            [
-                "dockerd",
-                "--host",
-                host,
-                "--data-root",
-                str(root / "data"),
-                "--exec-root",
-                str(root / "exec"),
-                "--pidfile",
-                str(root / "docker.pid"),
-                "--bridge",
-                bridge,
-                "--iptables=false",
-                "--ip-masq=false",
-                *extra,
-            ],
-            log,
-        )
-    except BaseException:
-        subprocess.run(["ip", "link", "del", bridge], check=False, timeout=30)
-        raise
-    client: docker.DockerClient | None = None
-    try:
-        deadline = time.monotonic() + 60
-        while client is None:
-            try:
-                client = connect()
-            except (EngineError, *ENGINE_ERRORS):
-                assert proc.poll() is None, log.read_text()[-2000:]
-                assert time.monotonic() < deadline, f"the dockerd on {host} did not answer in 60 s"
-                time.sleep(0.5)
-        yield client
+        yield spare.start()
     finally:
-        if client is not None:
-            for c in client.containers.list(all=True):
-                c.remove(force=True, v=True)
-        stop_process(proc)
-        subprocess.run(["ip", "link", "del", bridge], check=False, timeout=30)
-        shutil.rmtree(root, ignore_errors=True)
+        spare.close()
 
 
 def provision_converged(site: TestSite) -> Run:

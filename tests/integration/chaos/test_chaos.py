@@ -6,11 +6,16 @@ duplicated on any member, and records a row of the table `make chaos` prints.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -18,11 +23,12 @@ import etcd
 import pytest
 import yaml
 
+from cidemo_infra.engines import negotiated_client
 from cidemo_infra.registry.keys import Registry, guard_key, positions_dir
-from tests.conftest import REPO
+from tests.conftest import REPO, need
 from tests.integration.chaos import harness
 from tests.integration.chaos.conftest import RECOVERY_WAIT
-from tests.integration.conftest import TestSite, make_site, remove_site
+from tests.integration.conftest import SpareEngine, TestSite, make_site, remove_site
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 LATE_SECONDS = 60
@@ -435,3 +441,136 @@ def test_8_provision_killed_in_placement_then_run_again(
         )
     finally:
         remove_site([engine], site.name)
+
+
+ENGINE3_ROOT = Path("/tmp/cidemo-chaos-engine3")
+ENGINE3_MAX_SECONDS = 600.0
+
+
+@pytest.fixture
+def spare_site(
+    engine: docker.DockerClient, tmp_path: Path
+) -> Iterator[tuple[SpareEngine, TestSite]]:
+    """A site whose every node sits on a dockerd of the test's own, which the test may stop and
+    start again; the site, the dockerd, its root and its bridges are removed whatever happens."""
+    need(shutil.which("dockerd") is not None and os.geteuid() == 0, "dockerd and root")
+    url = f"unix://{ENGINE3_ROOT / 'docker.sock'}"
+    site = make_site(engine, tmp_path)
+    subnet = site.data["network"]["cidr"]
+    site.data["engines"] = {"spare": {"url": url, "subnet": subnet}}
+    site.data["nodes"] = [
+        {"name": n, "role": r, "engine": "spare"}
+        for n, r in [
+            ("deis-1", "deis"),
+            ("deis-2", "deis"),
+            ("deis-3", "deis"),
+            ("standalone-1", "standalone"),
+        ]
+    ]
+    site.data["services"]["galera"]["recovery_wait"] = RECOVERY_WAIT
+    site.data["services"]["jenkins"]["enabled"] = False
+    site.path.write_text(yaml.safe_dump(site.data))
+    # bridged traffic may cross the host's FORWARD chain (the machine's dockerd drops by default)
+    # and the spare dockerd writes no rules: allow the site's own subnet, for this test only
+    rule = ["DOCKER-USER", "-s", subnet, "-d", subnet, "-j", "ACCEPT"]
+    subprocess.run(["iptables", "-I", *rule], check=True, timeout=30)
+    try:
+        spare = SpareEngine(ENGINE3_ROOT, url, lambda: negotiated_client(url, node="engine3"))
+    except BaseException:
+        subprocess.run(["iptables", "-D", *rule], check=False, timeout=30)
+        raise
+    try:
+        spare.start()
+        yield spare, site
+    finally:
+        emptied = False
+        try:
+            if spare.client is None:  # stopped by the test and not back: start it to empty it
+                with contextlib.suppress(Exception):
+                    spare.start()
+            if spare.client is not None:
+                flt = {"label": f"io.cidemo.site={site.name}"}
+                for c in spare.client.containers.list(all=True, filters=flt):
+                    (tmp_path / f"{c.name}.log").write_bytes(c.logs())  # for a post-mortem
+                remove_site([spare.client], site.name)
+                emptied = True  # the dockerd removed the site network's bridge itself
+        finally:
+            spare.close()
+            if not emptied:
+                remove_bridges_in(ipaddress.IPv4Network(subnet))
+            subprocess.run(["iptables", "-D", *rule], check=False, timeout=30)
+
+
+def remove_bridges_in(subnet: ipaddress.IPv4Network) -> None:
+    """The site network's bridge, left behind only when the spare dockerd could not remove it."""
+    out = subprocess.run(
+        ["ip", "-j", "-4", "addr", "show"], capture_output=True, check=True, timeout=30
+    ).stdout
+    for link in json.loads(out):
+        addresses = [ipaddress.IPv4Address(a["local"]) for a in link.get("addr_info", [])]
+        if link["ifname"].startswith("br-") and any(a in subnet for a in addresses):
+            subprocess.run(["ip", "link", "del", link["ifname"]], check=False, timeout=30)
+
+
+@pytest.mark.chaos_full
+def test_3_engine_restart_the_site_comes_back(
+    spare_site: tuple[SpareEngine, TestSite],
+) -> None:
+    spare, site = spare_site
+    deadline = time.monotonic() + ENGINE3_MAX_SECONDS
+    result = harness.provision(site)
+    assert result.rc == 0, result.err + result.out
+    assert spare.client is not None
+    flt = {"label": f"io.cidemo.site={site.name}"}
+    on_spare = spare.client.containers.list(filters=flt)
+    assert {c.labels["io.cidemo.role"] for c in on_spare} >= {"etcd", "galera", "dbproxy"}
+    harness.prepare_schema(site)  # through the port the spare dockerd publishes on 127.0.0.1
+    before_gen = guard(site)["generation"]
+    load = harness.Load(site, "engine-restart")
+    load.start()
+    try:
+        time.sleep(3)
+        assert load.acked, "no write acknowledged through the proxy before the fault"
+        start = time.monotonic()
+        spare.stop()  # the host shuts down: the daemon stops every container, then exits
+        client = spare.start()  # and boots: no command, only the restart policies
+        remaining = deadline - time.monotonic()
+        harness.wait_for(
+            "3 Primary and Synced",
+            lambda: harness.all_synced(harness.members(client, site), 3),
+            limit=remaining,
+        )
+        recovered = time.monotonic() - start
+        reg = registry(site)  # etcd, through the port the spare dockerd publishes again
+
+        def registered() -> bool:
+            try:
+                return len(reg.services("database_port")) == 3 and bool(reg.services("lb_rw"))
+            except etcd.EtcdException:  # etcd still starting
+                return False
+
+        harness.wait_for("registrations back", registered, limit=deadline - time.monotonic())
+        acked = len(load.acked)
+        harness.wait_for(
+            "a write through the proxy after the restart",
+            lambda: len(load.acked) > acked,
+            limit=deadline - time.monotonic(),
+        )
+        time.sleep(3)
+    finally:
+        load.finish()
+    members = harness.members(client, site)
+    outcome = harness.count(members, load)
+    after = guard(site)
+    harness.record(
+        "3 engine restart (whole host)",
+        outcome,
+        recovered,
+        load,
+        f"no command; bootstrapped from {after['node']} generation {after['generation']}",
+    )
+    statuses = {c.name: c.status for c in client.containers.list(all=True, filters=flt)}
+    assert len(statuses) == len(on_spare), statuses
+    assert set(statuses.values()) == {"running"}, statuses
+    assert after["generation"] == before_gen + 1, after
+    assert_clean(outcome)
