@@ -9,12 +9,12 @@ SITE ?= infra/sites/local.yaml
 PYTEST_ARGS ?=
 
 .PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision demo destroy smoke render plan status recover images base-image \
-        test test-unit test-integration test-ghost chaos lint wheel-check bench clean browser \
+        test test-unit test-integration test-ghost test-lab chaos lint wheel-check bench clean browser \
         env-up env-down env-list env-promote env-gc env-refresh-staging env-backups
 
 help:
 	@echo "make provision | demo | destroy | smoke | render | plan | status | recover | images | base-image"
-	@echo "make test | test-ghost | chaos | lint | wheel-check | bench | terraform-tools | browser (SITE=$(SITE))"
+	@echo "make test | test-ghost | test-lab | chaos | lint | wheel-check | bench | terraform-tools | browser (SITE=$(SITE))"
 	@echo "make cloud-lab | cloud-lab-down    (the test OpenStack whose servers boot as lab nodes)"
 	@echo "make env-up PR=<n>|ENV=staging|ENV=production REF=<sha> [IMAGE=<image>] [FORK=1]"
 	@echo "make env-down PR=<n> | env-list | env-promote | env-gc | env-refresh-staging [FROM=<backup>] | env-backups"
@@ -130,6 +130,11 @@ test-unit: venv terraform-tools
 # 8 minutes on a cold machine, so `make test` (and CI) leave it out.
 test-ghost: venv host
 	CIDEMO_GHOST=1 $(BIN)/python -m pytest -p no:cacheprovider tests/integration/test_ghost.py $(PYTEST_ARGS)
+
+# The lab's full set (previews on the nodes' Swarm, a lost Deis node) on the test OpenStack named
+# by OS_CLOUD/OS_CLIENT_CONFIG_FILE (tests/cloud/openstack/openstack-up); make test runs a part.
+test-lab: venv host terraform-tools
+	$(with_tf) CIDEMO_LAB_FULL=1 $(BIN)/python -m pytest -p no:cacheprovider tests/cloud/test_lab.py $(PYTEST_ARGS)
 
 test-integration: venv host terraform-tools
 	$(with_tf) $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)

@@ -34,6 +34,13 @@ from tests.conftest import REPO, SITES, run_cidemo
 from tests.support.http_page import page
 
 pytestmark = pytest.mark.cloud
+# CI runs the lab's representative part (provision across the booted nodes, the metadata guard,
+# destroy to nothing); previews on the nodes' Swarm and a lost Deis node take about 4 minutes
+# more and run with CIDEMO_LAB_FULL=1 (make test-lab).
+lab_full = pytest.mark.skipif(
+    os.environ.get("CIDEMO_LAB_FULL") != "1",
+    reason="the lab's full set only: make test-lab (CIDEMO_LAB_FULL=1)",
+)
 READY_TIMEOUT = 1200  # a cold machine builds etcd, the node image and the project's images
 NODES = ("deis-1", "deis-2", "deis-3", "standalone-1")
 BASE_IMAGE = "cidemo/debian:bookworm-slim"
@@ -230,6 +237,7 @@ def test_the_metadata_guard_holds_on_a_node(lab_site: LabSite) -> None:
     assert code != 0 and "reached" not in out, out
 
 
+@lab_full
 def test_previews_run_on_a_swarm_of_the_three_deis_nodes(lab_site: LabSite) -> None:
     site = lab_site
     engines = site.engines()
@@ -265,6 +273,7 @@ def test_previews_run_on_a_swarm_of_the_three_deis_nodes(lab_site: LabSite) -> N
     assert code != 0 and "reached" not in out, out
 
 
+@lab_full
 def test_a_lost_deis_node_is_named_and_the_site_goes_on(lab_site: LabSite) -> None:
     site = lab_site
     lost = site.task_nodes()["pr-7-guestbook"]  # the node that runs the preview

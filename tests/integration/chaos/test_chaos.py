@@ -165,6 +165,7 @@ def test_2b_kill_all_three_one_returns_late(
     assert_clean(outcome)
 
 
+@pytest.mark.chaos_full
 def test_2c_kill_all_three_one_never_returns(
     engine: docker.DockerClient, chaos_site: TestSite
 ) -> None:
