@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import urllib.parse
+from typing import Any
 
 import urllib3
 
@@ -71,6 +72,23 @@ def _headers(token: str) -> dict[str, str]:
     }
 
 
+def _get_json(
+    http: urllib3.PoolManager, url: str, token: str, what: str
+) -> tuple[int, dict[str, Any] | None] | None:
+    """`GET url` with the token: (HTTP status, the JSON object or None when the body is not
+    one); None, logged as `<what>: GitHub unreachable`, when no answer came."""
+    try:
+        response = http.request("GET", url, headers=_headers(token))
+    except urllib3.exceptions.HTTPError as exc:
+        log.warning("%s: GitHub unreachable (%s)", what, type(exc).__name__)
+        return None
+    try:
+        body = json.loads(response.data)
+    except ValueError:
+        body = None
+    return response.status, body if isinstance(body, dict) else None
+
+
 class PullRequests:
     def __init__(self, token: str, api_url: str = DEFAULT_API) -> None:
         self.api_url = checked_api_url(api_url)
@@ -92,28 +110,20 @@ class PullRequests:
 
     def is_closed(self, repo: str, number: int) -> bool | None:
         """True/False from `GET /repos/{repo}/pulls/{number}`; None when GitHub did not say."""
-        if not _FULL_NAME.match(repo):
+        if not valid_repo(repo):
             return None
-        try:
-            response = self._http.request(
-                "GET",
-                f"{self.api_url}/repos/{repo}/pulls/{int(number)}",
-                headers=_headers(self._token),
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            log.warning(
-                "pull request %s#%d: GitHub unreachable (%s)", repo, number, type(exc).__name__
-            )
+        what = f"pull request {repo}#{int(number)}"
+        url = f"{self.api_url}/repos/{repo}/pulls/{int(number)}"
+        answer = _get_json(self._http, url, self._token, what)
+        if answer is None:
             return None
-        if response.status != 200:
-            log.warning(
-                "pull request %s#%d: GitHub answered HTTP %d", repo, number, response.status
-            )
+        status, body = answer
+        if status != 200:
+            log.warning("%s: GitHub answered HTTP %d", what, status)
             return None
-        try:
-            state = json.loads(response.data).get("state")
-        except (ValueError, AttributeError):
+        if body is None:
             return None
+        state = body.get("state")
         return state == "closed" if state in ("open", "closed") else None
 
 
@@ -146,28 +156,20 @@ class Collaborators:
 
     def has_write_access(self, repo: str, login: str) -> bool | None:
         """True/False from GitHub; None when GitHub did not say (unreachable, refused, odd)."""
-        if not _FULL_NAME.match(repo) or not _LOGIN.match(login):
+        if not valid_repo(repo) or not _LOGIN.match(login):
             return False
-        try:
-            response = self._http.request(
-                "GET",
-                f"{self.api_url}/repos/{repo}/collaborators/{login}/permission",
-                headers=_headers(self._token),
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            log.warning(
-                "write access of %s to %s: GitHub unreachable (%s)", login, repo, type(exc).__name__
-            )
+        what = f"write access of {login} to {repo}"
+        url = f"{self.api_url}/repos/{repo}/collaborators/{login}/permission"
+        answer = _get_json(self._http, url, self._token, what)
+        if answer is None:
             return None
-        if response.status == 404:
+        status, body = answer
+        if status == 404:
             return False  # not a collaborator (GitHub answers 404 for unknown users too)
-        if response.status != 200:
-            log.warning(
-                "write access of %s to %s: GitHub answered HTTP %d", login, repo, response.status
-            )
+        if status != 200:
+            log.warning("%s: GitHub answered HTTP %d", what, status)
             return None
-        try:
-            permission = json.loads(response.data).get("permission")
-        except (ValueError, AttributeError):
+        if body is None:
             return None
+        permission = body.get("permission")
         return permission in WRITE_PERMISSIONS
