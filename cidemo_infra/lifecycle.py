@@ -25,10 +25,13 @@ from cidemo_infra.errors import CloudError, EngineError, PlacementError, UsageEr
 from cidemo_infra.galera.member import member_status
 from cidemo_infra.galera.recovery import choose_bootstrap, move_guard, read_position
 from cidemo_infra.inventory import Inventory
+from cidemo_infra.placement import firewall
 from cidemo_infra.placement.apply import Executor
 from cidemo_infra.placement.observe import observe
 from cidemo_infra.placement.plan import Action, diff
 from cidemo_infra.placement.specs import (
+    ETCD_HOST_INDEX,
+    ETCD_SERVER_NAME,
     JENKINS_PORT,
     LABEL_SITE,
     PROXY_RO_PORT,
@@ -37,17 +40,21 @@ from cidemo_infra.placement.specs import (
     apps_domain,
     container_name,
     desired_specs,
+    etcd_bridge_spec,
     has_router,
     image_refs,
+    local_address,
     network_specs,
     roles_by_engine,
+    site_cidrs,
 )
 from cidemo_infra.placement.teardown import remove_site_apps
-from cidemo_infra.registry.keys import Registry, guard_key
+from cidemo_infra.registry.keys import EtcdTls, Registry, guard_key
 from cidemo_infra.render.site_files import render_site
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 from cidemo_infra.targets.local import local_inventory
+from cidemo_infra.tls.pki import ETCD_COMPONENTS, ensure_pki
 from cidemo_infra.tunnel import ExecTunnel
 
 SECRETS = {  # name in the state dir -> environment variable that may supply it instead
@@ -196,6 +203,7 @@ class Session:
     reporter: Reporter
     images: dict[str, str]
     _tunnels: dict[str, ExecTunnel] = field(default_factory=dict)
+    _registry: Registry | None = None
 
     @property
     def specs(self) -> list[ContainerSpec]:
@@ -204,7 +212,7 @@ class Session:
     def actions(self) -> list[Action]:
         node_engines = {n.name: n.engine for n in self.inventory.nodes}
         observed, observed_networks = observe(self.site.name, self.clients, node_engines)
-        observed = [o for o in observed if o.role != "galera-position"]
+        observed = [o for o in observed if o.role not in ("galera-position", "etcd-bridge")]
         return diff(self.specs, network_specs(self.site), observed, observed_networks)
 
     def endpoint(self, service: str) -> tuple[str, int]:
@@ -230,8 +238,16 @@ class Session:
         return self._tunnels[service].address
 
     def registry(self) -> Registry:
-        host, port = self.endpoint("etcd")
-        return Registry(f"http://{host}:{port}", self.site.services.etcd.prefix)
+        """The tool's one etcd client (https, the operator's client certificate), kept for the
+        session so that its pooled TLS connections are reused."""
+        if self._registry is None:
+            host, port = self.endpoint("etcd")
+            self._registry = Registry(
+                f"https://{host}:{port}",
+                self.site.services.etcd.prefix,
+                tls=EtcdTls.of(self.state.tls_dir),
+            )
+        return self._registry
 
     def jenkins_url(self) -> str | None:
         if not self.site.services.jenkins.enabled:
@@ -253,6 +269,7 @@ class Session:
             health_timeout=float(self.site.timeouts.health),
             galera_members=self.site.services.galera.members,
             jenkins_url=self.jenkins_url,
+            tls_dir=self.state.tls_dir,
         )
 
 
@@ -363,14 +380,30 @@ def place_services(
             if dry_run:
                 PlanResult(actions=actions).print(reporter)
                 return
+            _ensure_site_tls(session)
             if not actions:
                 reporter.line("no changes: the site is converged (0 actions)")
             else:
                 executor = session.executor()
+                bridge = _plain_etcd_bridge(session)
                 executor.apply([a for a in actions if a.role in INFRA_ROLES])
+                if bridge is not None:
+                    reporter.step(
+                        f"etcd now speaks TLS only: {bridge.name} serves plain HTTP on its old "
+                        "address until every container is replaced"
+                    )
+                    executor.create(bridge)
                 session.registry().wait_healthy(site.timeouts.etcd)
                 bootstrap = _prepare_galera(session)
                 executor.apply(_bootstrap_first(session.actions(), bootstrap))
+            _remove_etcd_bridge(session)
+            if _fences_this_machine(site):
+                firewall.install(site.name, site_cidrs(site).split(","))
+                reporter.step(
+                    "firewall: the apps' network cannot reach etcd, Docker or Galera "
+                    f"(chains {firewall.chains(site.name).forward}, "
+                    f"{firewall.chains(site.name).input})"
+                )
             session.inventory.save(state.inventory_file)
             report = _smoke(session)
             report.print(reporter)
@@ -380,6 +413,58 @@ def place_services(
     if not report.passed:
         failed = ", ".join(c.name for c in report.failed())
         raise PlacementError(f"provisioned, but smoke checks failed: {failed}")
+
+
+def _fences_this_machine(site: Site) -> bool:
+    """local sites whose engines run on this machine get the apps' firewall (placement/firewall)
+    installed here; a cloud node's comes with its cloud-config."""
+    return site.target == "local" and all(
+        e.url.startswith("unix://") for e in site.engines.values()
+    )
+
+
+def _ensure_site_tls(session: Session) -> None:
+    """The site CA and the certificates the services present: etcd's and each component's
+    client certificate, a server certificate per node (MySQL, and etcd on cloud nodes).
+    openstack: rendering made them already, with the nodes' every address."""
+    site, inventory = session.site, session.inventory
+    if site.target != "local":
+        return
+    nodes = {n.name: [n.private_ip, n.name] for n in inventory.nodes}
+    standalone = inventory.of_role("standalone")[0]
+    nodes[ETCD_SERVER_NAME] = [local_address(site, standalone.engine, ETCD_HOST_INDEX), "etcd"]
+    ensure_pki(session.state.tls_dir, site.name, nodes, ETCD_COMPONENTS)
+
+
+def _plain_etcd_bridge(session: Session) -> ContainerSpec | None:
+    """local: the bridge an upgrade needs when the site's etcd container still serves plain
+    HTTP (placed before cidemo had etcd TLS), else None."""
+    site = session.site
+    if site.target != "local":
+        return None
+    standalone = session.inventory.of_role("standalone")[0]
+    try:
+        info = session.clients[standalone.engine].api.inspect_container(
+            container_name(site, "etcd")
+        )
+    except docker.errors.NotFound:
+        return None
+    if "ETCD_TLS=on" in (info["Config"].get("Env") or []):
+        return None
+    return etcd_bridge_spec(site, session.inventory, session.images["dbproxy"])
+
+
+def _remove_etcd_bridge(session: Session) -> None:
+    """Once every container speaks TLS to etcd, the upgrade's bridge goes (if there is one)."""
+    if session.site.target != "local":
+        return
+    standalone = session.inventory.of_role("standalone")[0]
+    name = container_name(session.site, "etcd-bridge")
+    try:
+        session.clients[standalone.engine].api.remove_container(name, force=True)
+        session.reporter.step(f"removed {name}: every container speaks TLS to etcd")
+    except docker.errors.NotFound:
+        pass
 
 
 def _app_image(session: Session, site_path: str | None, *, dry_run: bool) -> str | None:
@@ -500,6 +585,7 @@ def _smoke(session: Session, unreachable: Mapping[str, str] | None = None) -> Re
             # a check reads: it never generates a secret (a wrong --state-dir fails the check)
             root_password=session.state.known_secret("root_password", SECRETS["root_password"])
             or "",
+            tls_ca=session.state.tls_dir / "ca.pem",
             jenkins_url=session.jenkins_url(),
             ttl=session.site.services.galera.ttl,
             unreachable=dict(unreachable or {}),
@@ -535,7 +621,7 @@ def _print_endpoints(session: Session, app: str | None = None) -> None:
     rows = [
         ["proxy read-write", "mysql://{}:{}".format(*where["rw"])],
         ["proxy read-only", "mysql://{}:{}".format(*where["ro"])],
-        ["etcd", "http://{}:{}".format(*where["etcd"])],
+        ["etcd", "https://{}:{} (client certificate: tls/client-cert.pem)".format(*where["etcd"])],
     ]
     if site.services.jenkins.enabled:
         rows.append(["jenkins", "http://{}:{}".format(*where["jenkins"])])
@@ -619,6 +705,8 @@ def destroy(
                     # the node goes with its server: what its swarm still holds goes too
                     reporter.step(f"engine {engine}: {exc}; left to terraform destroy")
             _remove_labelled(clients, doomed)
+            if _fences_this_machine(site):
+                firewall.remove(site.name)
             if infrastructure is not None and infrastructure.has_changes:
                 target.destroy_infrastructure(site, state, reporter, infrastructure)
             state.inventory_file.unlink(missing_ok=True)

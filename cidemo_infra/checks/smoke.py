@@ -7,12 +7,14 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import docker
 import docker.errors
 import pymysql
 
 from cidemo_infra.checks.report import Report
+from cidemo_infra.galera.connection import guarded_connection
 from cidemo_infra.galera.member import member_status, run_sql
 from cidemo_infra.placement.specs import GALERA_PORTS, ContainerSpec
 from cidemo_infra.probes import http_answers
@@ -28,6 +30,7 @@ class SmokeContext:
     specs: list[ContainerSpec]
     rw_endpoint: tuple[str, int]  # where the tool reaches the proxy's read-write port
     root_password: str
+    tls_ca: Path | None  # the site CA: the servers' certificates are verified against it
     jenkins_url: str | None
     ttl: int
     unreachable: Mapping[str, str] = field(default_factory=dict)  # engine -> why it does not answer
@@ -210,7 +213,8 @@ def _row_everywhere(ctx: SmokeContext, members: list[ContainerSpec], report: Rep
     token = uuid.uuid4().hex
     host, port = ctx.rw_endpoint
     try:
-        conn = pymysql.connect(
+        conn = guarded_connection(
+            tls_ca=ctx.tls_ca,
             host=host,
             port=port,
             user="root",

@@ -13,11 +13,13 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pymysql
 
 from cidemo_infra.errors import EXIT_USAGE, CidemoError
+from cidemo_infra.galera.connection import guarded_connection
 
 DATABASE_NAME = re.compile(r"^[a-z0-9_]{1,64}$")
 ENVIRONMENT_NAME = re.compile(r"^[a-z0-9-]+$")
@@ -86,12 +88,22 @@ class Schema:
 
 
 def connect(
-    host: str, port: int, user: str, password: str, database: str | None = None
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    database: str | None = None,
+    *,
+    tls_ca: Path | None = None,
 ) -> pymysql.connections.Connection:
     """A connection with autocommit on (every statement its own transaction), utf8mb4 and bounded
-    timeouts; a failure to connect is a DatabaseError naming the endpoint, never the password."""
+    timeouts; a failure to connect is a DatabaseError naming the endpoint, never the password.
+
+    With `tls_ca` (the site CA), TLS is required and the server's certificate is verified
+    against it and against `host`; a server that offers no TLS is refused. Whatever the
+    transport, the password is never sent in clear (galera/connection.py)."""
     try:
-        return pymysql.connect(
+        return guarded_connection(
             host=host,
             port=port,
             user=user,
@@ -102,6 +114,7 @@ def connect(
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
             write_timeout=WRITE_TIMEOUT,
+            tls_ca=tls_ca,
         )
     except pymysql.MySQLError as exc:
         raise DatabaseError(f"cannot connect as {user} to {host}:{port}: {reason(exc)}") from exc

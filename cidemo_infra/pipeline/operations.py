@@ -143,7 +143,7 @@ def _root(ctx: EnvContext) -> Any:
             f"{SECRETS['root_password']}): is this the state directory the site was provisioned "
             "with? (--state-dir, CIDEMO_STATE_DIR)"
         )
-    return database.connect(host, port, "root", password)
+    return database.connect(host, port, "root", password, tls_ca=ctx.state.tls_dir / "ca.pem")
 
 
 def previews(ctx: EnvContext) -> set[str]:

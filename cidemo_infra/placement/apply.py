@@ -11,6 +11,7 @@ import tarfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -33,6 +34,15 @@ from cidemo_infra.registry.keys import (
 
 STOP_TIMEOUT = 60
 SECRET_OWNER = {"jenkins": 1000}  # Jenkins reads its secret as uid 1000; the others as root
+# Who reads /etc/cidemo/tls: (uid, gid) of the image's service user (pinned in the Dockerfiles);
+# root for images whose entrypoint starts as root (etcd, galera) and hands the files on.
+HAPROXY_IDS = (100, 101)
+TLS_OWNER = {
+    "jenkins": (1000, 1000),
+    "dbproxy": HAPROXY_IDS,
+    "router": HAPROXY_IDS,
+    "etcd-bridge": HAPROXY_IDS,
+}
 
 
 @dataclass
@@ -45,6 +55,7 @@ class Executor:
     health_timeout: float
     galera_members: int
     jenkins_url: Callable[[], str | None]  # where the tool probes Jenkins from here
+    tls_dir: Path | None = None  # the site's TLS material (tls/pki.py) for specs' tls_files
 
     def apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -145,9 +156,13 @@ class Executor:
         )
         if spec.secrets:
             api.put_archive(created["Id"], "/etc", self._secrets_tar(spec))
+        if spec.tls_files:
+            api.put_archive(created["Id"], "/etc", self._tls_tar(spec))
         if dict(spec.env).get("PROXY_KIND") == "maxscale":
             config = render_maxscale(
-                self.registry().services("database_port"), self.secrets["monitor_password"]
+                self.registry().services("database_port"),
+                self.secrets["monitor_password"],
+                networks=dict(spec.env)["BACKEND_CIDRS"].split(","),
             )
             api.put_archive(created["Id"], "/etc", _tar({"maxscale.cnf": config}, 0o600))
         if start:
@@ -168,6 +183,33 @@ class Executor:
                 info = tarfile.TarInfo(f"cidemo/secrets/{name}")
                 info.size, info.mode = len(data), 0o400
                 info.uid = info.gid = SECRET_OWNER.get(spec.role, 0)
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    def _tls_tar(self, spec: ContainerSpec) -> bytes:
+        """/etc/cidemo/tls/<file>, read from the site's TLS directory; only the service's user
+        can read them (/etc/cidemo itself stays closed except for traversal)."""
+        if self.tls_dir is None:
+            raise PlacementError(f"{spec.name} needs TLS files, but the site has no TLS directory")
+        uid, gid = TLS_OWNER.get(spec.role, (0, 0))
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for folder, mode, owner in (("cidemo", 0o711, 0), ("cidemo/tls", 0o500, uid)):
+                info = tarfile.TarInfo(folder)
+                info.type, info.mode = tarfile.DIRTYPE, mode
+                info.uid, info.gid = owner, gid if owner else 0
+                tar.addfile(info)
+            for name, source in spec.tls_files:
+                path = self.tls_dir / source
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    raise PlacementError(
+                        f"{spec.name}: TLS file {path} is missing (cidemo provision creates it)"
+                    ) from None
+                info = tarfile.TarInfo(f"cidemo/tls/{name}")
+                info.size, info.mode = len(data), 0o400
+                info.uid, info.gid = uid, gid
                 tar.addfile(info, io.BytesIO(data))
         return buf.getvalue()
 

@@ -29,6 +29,10 @@ ROUTER_PORT = 8000  # the app router's HTTP listener inside its container
 
 # Secrets reach containers as files under /etc/cidemo/secrets (copied in before start).
 GALERA_SECRETS = ("root_password", "sst_password", "monitor_password")
+# TLS files reach containers the same way, under /etc/cidemo/tls: (file name, path in the site's
+# TLS directory). Each component has its own etcd client certificate (tls/pki.py `clients/`).
+TLS_DIR_IN_CONTAINER = "/etc/cidemo/tls"
+ETCD_SERVER_NAME = "site-etcd"  # the local etcd container's server certificate (nodes/<this>/)
 PROXY_SECRETS = ("monitor_password",)
 JENKINS_SECRETS = ("jenkins_admin_password",)
 
@@ -48,6 +52,7 @@ class ContainerSpec:
     ports: tuple[tuple[int, str, int], ...] = ()  # (container port, host ip, host port)
     volumes: tuple[tuple[str, str], ...] = ()  # (volume name, mount path)
     secrets: tuple[str, ...] = ()  # names only; values never enter a spec or a label
+    tls_files: tuple[tuple[str, str], ...] = ()  # (file in TLS_DIR_IN_CONTAINER, path in tls dir)
     site: str = ""
     extra_labels: tuple[tuple[str, str], ...] = field(default=())
 
@@ -127,6 +132,13 @@ def has_router(site: Site) -> bool:
     return "environments" in site.model_fields_set and site.environments.platform == "swarm"
 
 
+def site_cidrs(site: Site) -> str:
+    """The site's networks (comma-separated): the only addresses the proxy takes members from."""
+    if site.target != "local":
+        return str(site.network.cidr)
+    return ",".join(sorted({str(site.subnet_of(site.engine_of(n))) for n in site.nodes}))
+
+
 def apps_domain(site: Site) -> str:
     return site.environments.domain or site.domain
 
@@ -166,12 +178,14 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
                         "ETCD_ADVERTISE_CLIENT_URLS",
                         etcd_url_in_cluster(site, inventory, standalone),
                     ),
+                    ("ETCD_TLS", "on"),
                 ),
                 network=network_name(site),
                 ip=local_address(site, engine, ETCD_HOST_INDEX),
                 hostname="etcd",
                 ports=((ETCD_PORT, "127.0.0.1", site.services.etcd.port),),
                 volumes=((volume_name(site, "etcd"), "/var/lib/etcd"),),
+                tls_files=etcd_server_tls_files(),
             )
         )
     else:
@@ -196,6 +210,7 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
                 ),
                 volumes=((volume_name(site, "galera", node.name), "/var/lib/mysql"),),
                 secrets=GALERA_SECRETS,
+                tls_files=etcd_client_tls_files("galera") + mysql_server_tls_files(node.name),
             )
         )
     proxy = site.services.proxy
@@ -206,9 +221,10 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
             standalone,
             "dbproxy",
             images["dbproxy"],
-            extra_env=(("PROXY_KIND", proxy.kind),),
+            extra_env=(("PROXY_KIND", proxy.kind), ("BACKEND_CIDRS", site_cidrs(site))),
             ports=((PROXY_RW_PORT, proxy.rw_port), (PROXY_RO_PORT, proxy.ro_port)),
             secrets=PROXY_SECRETS,
+            tls_files=etcd_client_tls_files("dbproxy"),
         )
     )
     jenkins = site.services.jenkins
@@ -223,6 +239,7 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
                 ports=((JENKINS_PORT, jenkins.port),),
                 volumes=((volume_name(site, "jenkins"), "/var/jenkins_home"),),
                 secrets=JENKINS_SECRETS,
+                tls_files=etcd_client_tls_files("jenkins"),
             )
         )
     if has_router(site):
@@ -247,7 +264,9 @@ def _router_spec(site: Site, inventory: Inventory, image: str) -> ContainerSpec:
             ("ETCD_PREFIX", site.services.etcd.prefix),
             ("APPS_DOMAIN", apps_domain(site)),
             ("LISTEN_PORT", str(ROUTER_PORT)),
+            ("APPS_SERVICE_PREFIX", f"cidemo-{site.name}-app-"),  # platforms/swarm.service_name
         ),
+        tls_files=etcd_client_tls_files("router"),
         # openstack: the default bridge, since containers on the host network cannot join overlays
         network=network_name(site) if local else None,
         ip=local_address(site, standalone.engine, ROUTER_HOST_INDEX) if local else None,
@@ -261,9 +280,64 @@ def _router_spec(site: Site, inventory: Inventory, image: str) -> ContainerSpec:
     )
 
 
-ETCD_HOST_INDEX = 5  # local target: reserved addresses of the subnet (the nodes start at 10)
+# local target: reserved addresses of the subnet (the nodes start at 10). etcd moved from 5 to 8
+# with TLS: while a plain-HTTP site converges, a bridge holds 5 for the containers not yet replaced.
+LEGACY_ETCD_HOST_INDEX = 5
 JENKINS_HOST_INDEX = 6
 ROUTER_HOST_INDEX = 7
+ETCD_HOST_INDEX = 8
+
+
+def etcd_client_tls_files(component: str) -> tuple[tuple[str, str], ...]:
+    """The site CA and `component`'s own etcd client certificate, as the images expect them."""
+    return (
+        ("ca.pem", "ca.pem"),
+        ("etcd-client.pem", f"clients/{component}/cert.pem"),
+        ("etcd-client-key.pem", f"clients/{component}/key.pem"),
+    )
+
+
+def etcd_server_tls_files() -> tuple[tuple[str, str], ...]:
+    return (
+        ("ca.pem", "ca.pem"),
+        ("server.pem", f"nodes/{ETCD_SERVER_NAME}/server-cert.pem"),
+        ("server-key.pem", f"nodes/{ETCD_SERVER_NAME}/server-key.pem"),
+    )
+
+
+def mysql_server_tls_files(node: str) -> tuple[tuple[str, str], ...]:
+    """A Galera member serves MySQL with its node's server certificate (CA in ca.pem)."""
+    return (
+        ("server.pem", f"nodes/{node}/server-cert.pem"),
+        ("server-key.pem", f"nodes/{node}/server-key.pem"),
+    )
+
+
+def etcd_bridge_spec(site: Site, inventory: Inventory, image: str) -> ContainerSpec:
+    """local target, upgrade only: plain HTTP on etcd's old address, forwarded over TLS with a
+    client certificate of its own, for the containers that still speak plain HTTP until each is
+    replaced. Never part of `desired_specs`; placed and removed by the upgrade."""
+    standalone = inventory.of_role("standalone")[0]
+    target = f"{local_address(site, standalone.engine, ETCD_HOST_INDEX)}:{ETCD_PORT}"
+    tls = TLS_DIR_IN_CONTAINER
+    return ContainerSpec(
+        name=container_name(site, "etcd-bridge"),
+        node=standalone.name,
+        role="etcd-bridge",
+        image=image,
+        engine=standalone.engine,
+        command=(
+            "socat",
+            f"TCP-LISTEN:{ETCD_PORT},fork,reuseaddr",
+            f"OPENSSL:{target},cafile={tls}/ca.pem,cert={tls}/etcd-client.pem,"
+            f"key={tls}/etcd-client-key.pem",
+        ),
+        network=network_name(site),
+        ip=local_address(site, standalone.engine, LEGACY_ETCD_HOST_INDEX),
+        hostname="etcd-bridge",
+        tls_files=etcd_client_tls_files("etcd-bridge"),
+        site=site.name,
+    )
 
 
 def local_address(site: Site, engine: str, index: int) -> str:
@@ -275,8 +349,8 @@ def etcd_url_in_cluster(site: Site, inventory: Inventory, node: InventoryNode) -
     """Where a container on `node` reaches etcd: the site's etcd container, or the node's own."""
     if site.target == "local":
         standalone = inventory.of_role("standalone")[0]
-        return f"http://{local_address(site, standalone.engine, ETCD_HOST_INDEX)}:{ETCD_PORT}"
-    return f"http://{node.private_ip}:{ETCD_PORT}"
+        return f"https://{local_address(site, standalone.engine, ETCD_HOST_INDEX)}:{ETCD_PORT}"
+    return f"https://{node.private_ip}:{ETCD_PORT}"
 
 
 def _service_spec(
@@ -289,6 +363,7 @@ def _service_spec(
     ports: tuple[tuple[int, int], ...] = (),
     volumes: tuple[tuple[str, str], ...] = (),
     secrets: tuple[str, ...] = (),
+    tls_files: tuple[tuple[str, str], ...] = (),
 ) -> ContainerSpec:
     name = container_name(site, role, node.name if role == "galera" else None)
     local = site.target == "local"
@@ -323,6 +398,7 @@ def _service_spec(
         ports=tuple((c, "127.0.0.1", h) for c, h in ports) if local else (),
         volumes=volumes,
         secrets=secrets,
+        tls_files=tls_files,
         site=site.name,
     )
 

@@ -2,6 +2,10 @@
 
 Registrations follow the 2015 percona-galera/registrator layout so existing tooling keeps working:
 `<prefix>/services/<service>/<host>:<container>:<port>` = `<ip>:<port>`, each with a TTL.
+
+etcd serves https only and asks every client for a certificate of the site CA: `Registry` is the
+one place the tool builds its etcd client; its connection pool keeps TLS connections open, so a
+session pays for one handshake, not one per request.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import contextlib
 import time
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import etcd
 
@@ -47,17 +53,43 @@ class Registration:
         return parts[1] if len(parts) == 3 else ""
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """The files the tool presents to etcd: the site CA and its own client certificate."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def of(cls, tls_dir: Path) -> EtcdTls:
+        return cls(tls_dir / "ca.pem", tls_dir / "client-cert.pem", tls_dir / "client-key.pem")
+
+
 class Registry:
-    def __init__(self, url: str, prefix: str = "", timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, prefix: str = "", timeout: float = 5.0, tls: EtcdTls | None = None
+    ) -> None:
         parsed = urllib.parse.urlsplit(url)
         self.url = url
         self.prefix = prefix
+        if parsed.scheme == "https" and tls is None:
+            raise RegistrationError(f"etcd {url}: https needs the site's CA and client certificate")
+        kwargs: dict[str, Any] = {}
+        if tls is not None:
+            missing = [str(p) for p in (tls.ca, tls.cert, tls.key) if not p.is_file()]
+            if missing:
+                raise RegistrationError(
+                    f"etcd {url}: TLS files missing: {', '.join(missing)} (run cidemo provision)"
+                )
+            kwargs = {"ca_cert": str(tls.ca), "cert": (str(tls.cert), str(tls.key))}
         self.client = etcd.Client(
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or 2379,
             protocol=parsed.scheme or "http",
             read_timeout=timeout,
             allow_reconnect=False,
+            **kwargs,
         )
 
     def is_healthy(self) -> tuple[bool, str]:

@@ -15,7 +15,7 @@ from cidemo_infra.render.cloudconfig import EtcdMember, NodeContext, render_user
 from cidemo_infra.render.tfvars import TFVARS_NAME, read_public_key, tfvars
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir, write_private
-from cidemo_infra.tls.pki import ensure_pki
+from cidemo_infra.tls.pki import ETCD_COMPONENTS, ensure_pki
 
 PUBLIC_ADDRESSES = "public-addresses.json"
 
@@ -49,7 +49,12 @@ def render_site(site: Site, state: StateDir, site_path: str) -> list[Path]:
     public_key = read_public_key(site, site_path)
     state.ensure()
     ips = site.private_ips()
-    pki = ensure_pki(state.tls_dir, site.name, node_addresses(site, public_addresses(state)))
+    pki = ensure_pki(
+        state.tls_dir,
+        site.name,
+        node_addresses(site, public_addresses(state)),
+        ETCD_COMPONENTS,
+    )
     members = tuple(EtcdMember(n.name, str(ips[n.name])) for n in site.nodes_of("deis"))
     rendered: dict[str, str] = {}
     for node in site.nodes:

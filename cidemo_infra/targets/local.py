@@ -28,6 +28,6 @@ def local_inventory(site: Site) -> Inventory:
         site=site.name,
         target="local",
         nodes=tuple(nodes),
-        etcd_url=f"http://127.0.0.1:{site.services.etcd.port}",
+        etcd_url=f"https://127.0.0.1:{site.services.etcd.port}",
         network=network_name(site),
     )

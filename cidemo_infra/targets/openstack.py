@@ -245,7 +245,7 @@ def inventory_from_outputs(site: Site, outputs: dict[str, Any], state: StateDir)
         site=site.name,
         target="openstack",
         nodes=tuple(nodes),
-        etcd_url=f"http://{standalone.private_ip}:2379",
+        etcd_url=f"https://{standalone.private_ip}:2379",
     )
 
 

@@ -1,9 +1,13 @@
-"""The per-site TLS material: one CA, a server certificate per node, one client certificate.
+"""The per-site TLS material: one CA, a server certificate per node, client certificates.
 
 Everything lives under one directory of the site's state dir:
 
     ca.pem  ca-key.pem  client-cert.pem  client-key.pem
     nodes/<node>/server-cert.pem  nodes/<node>/server-key.pem
+    clients/<component>/cert.pem  clients/<component>/key.pem
+
+`client-cert.pem` is the operator's (the tool's: Docker's TLS API, etcd); each component that
+talks to etcd has its own under `clients/` (CN `cidemo <site> <component>`).
 
 `ensure_pki` is idempotent: it writes only what is missing or no longer right (a node whose
 addresses changed, a certificate close to expiry or not signed by the current CA) and never
@@ -34,6 +38,9 @@ LEAF_VALIDITY = dt.timedelta(days=730)
 RENEW_BEFORE = dt.timedelta(days=30)
 # Certificates start a little in the past so a node whose clock lags still accepts them.
 BACKDATE = dt.timedelta(minutes=5)
+
+# Components that present a client certificate of their own to etcd (clients/<name>/).
+ETCD_COMPONENTS = ("galera", "dbproxy", "router", "jenkins", "etcd-bridge")
 
 KEY_MODE = 0o600
 CERT_MODE = 0o644
@@ -67,6 +74,12 @@ class Pki:
     def server_key_path(self, node: str) -> Path:
         return self.tls_dir / "nodes" / node / "server-key.pem"
 
+    def component_cert_path(self, component: str) -> Path:
+        return self.tls_dir / "clients" / component / "cert.pem"
+
+    def component_key_path(self, component: str) -> Path:
+        return self.tls_dir / "clients" / component / "key.pem"
+
     def server_pems(self, node: str) -> tuple[str, str, str]:
         """(CA certificate, server certificate, server key) of `node`, as PEM text."""
         if node not in self.nodes:
@@ -78,11 +91,31 @@ class Pki:
         )
 
 
-def ensure_pki(tls_dir: Path, site_name: str, nodes: Mapping[str, Sequence[str]]) -> Pki:
-    """Create or complete the site's CA, node server certificates and client certificate.
+def pki_paths(tls_dir: Path, site_name: str, nodes: Iterable[str] = ()) -> Pki:
+    """Where the site's TLS files are, without creating or checking anything."""
+    tls_dir = Path(tls_dir)
+    return Pki(
+        tls_dir=tls_dir,
+        site_name=site_name,
+        ca_cert=tls_dir / "ca.pem",
+        ca_key=tls_dir / "ca-key.pem",
+        client_cert=tls_dir / "client-cert.pem",
+        client_key=tls_dir / "client-key.pem",
+        nodes=tuple(nodes),
+    )
+
+
+def ensure_pki(
+    tls_dir: Path,
+    site_name: str,
+    nodes: Mapping[str, Sequence[str]],
+    components: Sequence[str] = (),
+) -> Pki:
+    """Create or complete the site's CA, node server certificates and client certificates.
 
     `nodes` maps a node name to the addresses (IPs or DNS names) clients use to reach it; each
-    server certificate carries them all, plus `localhost` and 127.0.0.1.
+    server certificate carries them all, plus `localhost` and 127.0.0.1. `components` get a
+    client certificate each (etcd's client-certificate authentication).
     """
     _check_name("site name", site_name)
     wanted: dict[str, frozenset[San]] = {}
@@ -90,18 +123,12 @@ def ensure_pki(tls_dir: Path, site_name: str, nodes: Mapping[str, Sequence[str]]
         _check_name("node name", node)
         wanted[node] = _sans(node, addresses)
 
+    for component in components:
+        _check_name("component name", component)
     tls_dir = Path(tls_dir)
     _ensure_dir(tls_dir)
     _ensure_dir(tls_dir / "nodes")
-    pki = Pki(
-        tls_dir=tls_dir,
-        site_name=site_name,
-        ca_cert=tls_dir / "ca.pem",
-        ca_key=tls_dir / "ca-key.pem",
-        client_cert=tls_dir / "client-cert.pem",
-        client_key=tls_dir / "client-key.pem",
-        nodes=tuple(wanted),
-    )
+    pki = pki_paths(tls_dir, site_name, wanted)
     ca_cert, ca_key = _ensure_ca(pki)
 
     client_key = _ensure_key(pki.client_key)
@@ -111,9 +138,23 @@ def ensure_pki(tls_dir: Path, site_name: str, nodes: Mapping[str, Sequence[str]]
         ca_key,
         client_key,
         common_name=f"cidemo {site_name} client",
-        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        usage=(ExtendedKeyUsageOID.CLIENT_AUTH,),
         sans=None,
     )
+    if components:
+        _ensure_dir(tls_dir / "clients")
+    for component in components:
+        _ensure_dir(tls_dir / "clients" / component)
+        key = _ensure_key(pki.component_key_path(component))
+        _ensure_leaf(
+            pki.component_cert_path(component),
+            ca_cert,
+            ca_key,
+            key,
+            common_name=f"cidemo {site_name} {component}",
+            usage=(ExtendedKeyUsageOID.CLIENT_AUTH,),
+            sans=None,
+        )
     for node, sans in wanted.items():
         _ensure_dir(tls_dir / "nodes" / node)
         key = _ensure_key(pki.server_key_path(node))
@@ -123,7 +164,8 @@ def ensure_pki(tls_dir: Path, site_name: str, nodes: Mapping[str, Sequence[str]]
             ca_key,
             key,
             common_name=node,
-            usage=ExtendedKeyUsageOID.SERVER_AUTH,
+            # clientAuth too: etcd members present their node certificate to their peers
+            usage=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
             sans=sans,
         )
     return pki
@@ -260,7 +302,7 @@ def _ensure_leaf(
     key: ec.EllipticCurvePrivateKey,
     *,
     common_name: str,
-    usage: x509.ObjectIdentifier,
+    usage: tuple[x509.ObjectIdentifier, ...],
     sans: frozenset[San] | None,
 ) -> None:
     current = _load_cert(path)
@@ -276,7 +318,7 @@ def _is_current(
     ca_cert: x509.Certificate,
     key: ec.EllipticCurvePrivateKey,
     common_name: str,
-    usage: x509.ObjectIdentifier,
+    usage: tuple[x509.ObjectIdentifier, ...],
     sans: frozenset[San] | None,
 ) -> bool:
     try:
@@ -293,7 +335,7 @@ def _is_current(
         ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return False
-    if usage not in ekus:
+    if set(usage) != set(ekus):
         return False
     return sans is None or _cert_sans(cert) == sans
 
@@ -303,7 +345,7 @@ def _issue_leaf(
     ca_key: ec.EllipticCurvePrivateKey,
     key: ec.EllipticCurvePrivateKey,
     common_name: str,
-    usage: x509.ObjectIdentifier,
+    usage: tuple[x509.ObjectIdentifier, ...],
     sans: frozenset[San] | None,
 ) -> x509.Certificate:
     now = _now()
@@ -332,7 +374,7 @@ def _issue_leaf(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(usage)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False

@@ -21,6 +21,7 @@ import yaml
 
 from cidemo_infra.engines import ENGINE_ERRORS, negotiated_client
 from cidemo_infra.errors import EngineError
+from cidemo_infra.registry.keys import EtcdTls, Registry
 from tests.conftest import Run, need, run_cidemo
 
 LABEL_SITE = "io.cidemo.site"
@@ -74,6 +75,11 @@ class TestSite:
     @property
     def rw_port(self) -> int:
         return int(self.data["services"]["proxy"]["rw_port"])
+
+    def registry(self) -> Registry:
+        """etcd as the tool reaches it: https, with the site's client certificate."""
+        port = self.data["services"]["etcd"]["port"]
+        return Registry(f"https://127.0.0.1:{port}", tls=EtcdTls.of(self.state / "tls"))
 
 
 def make_site(client: docker.DockerClient, tmp: Path, **overrides: Any) -> TestSite:

@@ -40,7 +40,6 @@ from cidemo_infra import images
 from cidemo_infra.console import Reporter
 from cidemo_infra.envs import records
 from cidemo_infra.placement.teardown import remove_site_apps
-from cidemo_infra.registry.keys import Registry
 from cidemo_infra.state import StateDir
 from cidemo_infra.webhook.signature import sign
 from tests.conftest import REPO, Run
@@ -414,7 +413,7 @@ def test_opened_pull_request_gets_a_preview_on_its_own_database(
     assert sorted(s["File"]["Name"] for s in container["Secrets"]) == ["db_pass", "s3_access_key"]
     update = spec["Spec"]["UpdateConfig"]
     assert (update["Order"], update["FailureAction"]) == ("start-first", "rollback")
-    registry = Registry(f"http://127.0.0.1:{envs.site.data['services']['etcd']['port']}")
+    registry = envs.site.registry()
     assert registry.get(f"/services/apps/{env}") == f"cidemo-{envs.site.name}-app-{env}:8080"
 
     # the commit status with the preview's URL, through CIDEMO_GITHUB_API, with the token

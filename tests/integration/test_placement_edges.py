@@ -18,7 +18,7 @@ from cidemo_infra import lifecycle
 from cidemo_infra.console import Reporter
 from cidemo_infra.engines import negotiated_client
 from cidemo_infra.galera.member import member_status
-from cidemo_infra.registry.keys import Registry, guard_key
+from cidemo_infra.registry.keys import guard_key
 from cidemo_infra.site import load_site
 from cidemo_infra.state import StateDir
 from tests.conftest import need
@@ -62,7 +62,7 @@ def test_all_members_started_at_the_same_moment_bootstrap_exactly_once(
     new_cluster = [c.name for c in containers if "--wsrep-new-cluster" in c.logs().decode()]
     assert len(new_cluster) == 1, new_cluster
     assert {member_status(c).cluster_size for c in containers} == {3}
-    guard = Registry(session.inventory.etcd_url).get(guard_key("", made.name))
+    guard = session.registry().get(guard_key("", made.name))
     assert guard is not None
     assert json.loads(guard)["generation"] == 1
 

@@ -105,7 +105,7 @@ def test_members_get_the_node_addresses_and_the_registration_layout_inputs() -> 
     assert [s.ip for s in members] == ["10.213.7.10", "10.213.7.11", "10.213.7.12"]
     env = dict(members[0].env)
     assert env["CONTAINER_NAME"] == members[0].name == "cidemo-p1-galera-deis-1"
-    assert env["ETCD_URL"] == "http://10.213.7.5:2379"
+    assert env["ETCD_URL"] == "https://10.213.7.8:2379"
     assert env["NODE_ADDRESS"] == "10.213.7.10"
     # the automatic recovery counts positions only from these names
     assert env["EXPECTED_MEMBERS"] == "deis-1,deis-2,deis-3"

@@ -35,7 +35,7 @@ LATE_SECONDS = 60
 
 
 def registry(site: TestSite) -> Registry:
-    return Registry(f"http://127.0.0.1:{site.data['services']['etcd']['port']}")
+    return site.registry()
 
 
 def guard(site: TestSite) -> dict:

@@ -20,12 +20,14 @@ announce_add() {
   ANNOUNCE_VALUES+=("$2")
 }
 
-# announce_refresh: write/refresh every key with TTL; logs the first success and the first failure.
+# announce_refresh: write/refresh every key with TTL (one curl for all, etcd_refresh_all); logs the
+# first success and the first failure.
 announce_refresh() {
-  local i failed=0
+  local i failed=0 pairs=()
   for i in "${!ANNOUNCE_KEYS[@]}"; do
-    etcd_refresh "${ANNOUNCE_KEYS[$i]}" "${ANNOUNCE_VALUES[$i]}" "${TTL:-10}" || failed=1
+    pairs+=("${ANNOUNCE_KEYS[$i]}" "${ANNOUNCE_VALUES[$i]}")
   done
+  etcd_refresh_all "${TTL:-10}" "${pairs[@]}" || failed=1
   if [ "$failed" -eq 0 ]; then
     if [ "$ANNOUNCE_STATE" != registered ]; then
       log "registered ${#ANNOUNCE_KEYS[@]} keys with ttl ${TTL:-10} s: $(announce_describe)"

@@ -6,7 +6,12 @@
 # 2 etcd unreachable or an unexpected answer. Every request is bounded by ETCD_TIMEOUT seconds.
 #
 # Environment: ETCD_URL (required), ETCD_PREFIX (default empty), ETCD_TIMEOUT (default 5),
-# LOG_COMPONENT (the name in log lines).
+# LOG_COMPONENT (the name in log lines), ETCD_TLS_DIR (default /etc/cidemo/tls).
+#
+# An https ETCD_URL is verified against $ETCD_TLS_DIR/ca.pem (the site CA), and this component
+# presents its own client certificate, $ETCD_TLS_DIR/etcd-client.pem and etcd-client-key.pem:
+# etcd accepts no client without one. The files are copied in before start, never passed in the
+# environment or on a command line.
 
 ETCD_PREFIX=${ETCD_PREFIX:-}
 ETCD_PREFIX=${ETCD_PREFIX%/}
@@ -14,6 +19,7 @@ if [ -n "$ETCD_PREFIX" ] && [ "${ETCD_PREFIX#/}" = "$ETCD_PREFIX" ]; then
   ETCD_PREFIX=/$ETCD_PREFIX
 fi
 ETCD_TIMEOUT=${ETCD_TIMEOUT:-5}
+ETCD_TLS_DIR=${ETCD_TLS_DIR:-/etc/cidemo/tls}
 
 log() {
   printf '[%s %s] %s\n' "${LOG_COMPONENT:-${0##*/}}" "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$*" >&2
@@ -57,11 +63,24 @@ _etcd_url() {
   printf '%s/v2/keys%s%s' "${ETCD_URL%/}" "$ETCD_PREFIX" "$key"
 }
 
+# _etcd_tls_args: curl's TLS options for an https ETCD_URL (none for http).
+_etcd_tls_args() {
+  case "${ETCD_URL:-}" in
+    https://*)
+      ETCD_CURL_TLS=(--cacert "$ETCD_TLS_DIR/ca.pem" --cert "$ETCD_TLS_DIR/etcd-client.pem"
+        --key "$ETCD_TLS_DIR/etcd-client-key.pem")
+      ;;
+    *) ETCD_CURL_TLS=() ;;
+  esac
+}
+
 # _etcd_request METHOD URL [curl args...]: prints the JSON body; fails (2) when etcd cannot be reached.
 _etcd_request() {
   local method=$1 url=$2
   shift 2
-  curl -sS --connect-timeout 2 --max-time "$ETCD_TIMEOUT" -X "$method" "$@" "$url" 2>/dev/null || return 2
+  _etcd_tls_args
+  curl -sS --connect-timeout 2 --max-time "$ETCD_TIMEOUT" "${ETCD_CURL_TLS[@]}" -X "$method" "$@" "$url" \
+    2>/dev/null || return 2
 }
 
 # _etcd_result BODY ACTION...: 0 if .action is one of ACTIONs, 1 if errorCode is 100/101/105, else 2.
@@ -120,6 +139,36 @@ etcd_refresh() {
   _etcd_result "$body" update compareAndSwap || rc=$?
   [ "$rc" -eq 1 ] || return "$rc"
   etcd_set "$1" "$2" "$3"
+}
+
+# etcd_refresh_all TTL KEY VALUE [KEY VALUE ...]: etcd_refresh of every pair in one curl (one TLS
+# handshake, the connection reused); a key that expired or changed is then set on its own.
+# 0 when every key holds its value with a fresh TTL.
+etcd_refresh_all() {
+  local ttl=$1 args=() keys=() values=() body i=0 rc=0 one
+  shift
+  _etcd_tls_args
+  while [ $# -ge 2 ]; do
+    [ ${#args[@]} -eq 0 ] || args+=(--next)
+    args+=(-sS --connect-timeout 2 --max-time "$ETCD_TIMEOUT" "${ETCD_CURL_TLS[@]}" -X PUT -w '\n'
+      --data-urlencode "ttl=$ttl"
+      "$(_etcd_url "$1")?refresh=true&prevExist=true&prevValue=$(_etcd_uri "$2")")
+    keys+=("$1")
+    values+=("$2")
+    shift 2
+  done
+  [ ${#keys[@]} -gt 0 ] || return 0
+  body=$(curl "${args[@]}" 2>/dev/null) || return 2
+  while IFS= read -r one; do
+    [ -n "$one" ] || continue
+    [ "$i" -lt ${#keys[@]} ] || break
+    _etcd_result "$one" update compareAndSwap || {
+      [ $? -eq 1 ] && etcd_set "${keys[$i]}" "${values[$i]}" "$ttl" || rc=2
+    }
+    i=$((i + 1))
+  done <<<"$body"
+  [ "$i" -eq ${#keys[@]} ] || return 2
+  return "$rc"
 }
 
 # etcd_delete_if KEY VALUE: delete only a key that still holds VALUE; 0 also when it is already gone.

@@ -330,6 +330,15 @@ if [ "$BIND_ADDRESS" != 0.0.0.0 ]; then
   ARGS+=(--wsrep-sst-receive-address="$BIND_ADDRESS:4444")
 fi
 ARGS+=(--wsrep-provider-options="$PROVIDER_OPTIONS")
+# MySQL over TLS with the node's certificate of the site CA (copied in as /etc/cidemo/tls/server*.pem,
+# root-only; mariadbd reads its mysql-owned copies): the tool verifies it and refuses a server without
+if [ -s /etc/cidemo/tls/server.pem ] && [ -s /etc/cidemo/tls/server-key.pem ] && [ -s /etc/cidemo/tls/ca.pem ]; then
+  for f in ca.pem server.pem server-key.pem; do
+    install -o mysql -g mysql -m 0600 "/etc/cidemo/tls/$f" "$RUNDIR/mysql-$f"
+  done
+  ARGS+=(--ssl-ca="$RUNDIR/mysql-ca.pem" --ssl-cert="$RUNDIR/mysql-server.pem"
+    --ssl-key="$RUNDIR/mysql-server-key.pem")
+fi
 
 NEW_CLUSTER=0
 if [ "$MODE" = bootstrap ]; then
