@@ -41,6 +41,7 @@ from cidemo_infra.placement.specs import (
     container_name,
     desired_specs,
     etcd_bridge_spec,
+    etcd_scheme,
     has_router,
     image_refs,
     local_address,
@@ -242,10 +243,11 @@ class Session:
         session so that its pooled TLS connections are reused."""
         if self._registry is None:
             host, port = self.endpoint("etcd")
+            scheme = etcd_scheme(self.site)
             self._registry = Registry(
-                f"https://{host}:{port}",
+                f"{scheme}://{host}:{port}",
                 self.site.services.etcd.prefix,
-                tls=EtcdTls.of(self.state.tls_dir),
+                tls=EtcdTls.of(self.state.tls_dir) if scheme == "https" else None,
             )
         return self._registry
 

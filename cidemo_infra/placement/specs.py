@@ -345,12 +345,19 @@ def local_address(site: Site, engine: str, index: int) -> str:
     return str(next(itertools.islice(site.subnet_of(engine).hosts(), index - 1, None)))
 
 
+def etcd_scheme(site: Site) -> str:
+    """https with client certificates, except on the legacy profile's etcd2 (not hardened: the
+    Deis v1 components on those nodes read etcd in plain HTTP)."""
+    return "http" if site.target == "openstack" and site.node_os == "coreos-legacy" else "https"
+
+
 def etcd_url_in_cluster(site: Site, inventory: Inventory, node: InventoryNode) -> str:
     """Where a container on `node` reaches etcd: the site's etcd container, or the node's own."""
+    scheme = etcd_scheme(site)
     if site.target == "local":
         standalone = inventory.of_role("standalone")[0]
-        return f"https://{local_address(site, standalone.engine, ETCD_HOST_INDEX)}:{ETCD_PORT}"
-    return f"https://{node.private_ip}:{ETCD_PORT}"
+        return f"{scheme}://{local_address(site, standalone.engine, ETCD_HOST_INDEX)}:{ETCD_PORT}"
+    return f"{scheme}://{node.private_ip}:{ETCD_PORT}"
 
 
 def _service_spec(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import yaml
 
 from cidemo_infra import errors
 from cidemo_infra.data import CLOUD_CONFIG_TEMPLATES
+from cidemo_infra.placement import firewall
 
 PROFILES = ("flatcar", "coreos-legacy")
 ROLES = ("deis", "standalone")
@@ -32,6 +34,7 @@ ETCD_LEGACY_CLIENT_PORT = 4001
 DEIS_REGISTRY_PORT = 5000
 FLANNEL_SUBNET_LEN = 24
 DOCKER_TLS_DIR = "/etc/docker/tls"
+ETCD_TLS_DIR = "/etc/ssl/etcd"  # Flatcar's etcd-member mounts it at /etc/ssl/certs
 
 _HOST_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _NODE_NAME_RE = re.compile(rf"^{_HOST_LABEL}$")
@@ -86,6 +89,7 @@ class NodeContext:
     etcd_image_tag: str = "v3.5.21"
     deis_version: str = "v1.12.2"
     flannel_network: str = "10.244.0.0/16"
+    site_network: str = ""  # the private network's CIDR (the apps' firewall); "" = the members
 
 
 def render_user_data(ctx: NodeContext, templates_dir: Path | None = None) -> str:
@@ -120,6 +124,7 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["yaml_str"] = yaml_str
+    env.filters["shell_word"] = shlex.quote
     return env
 
 
@@ -218,20 +223,27 @@ def _template_variables(ctx: NodeContext, template_name: str) -> dict[str, Any]:
     ip = str(node_ip)
     client_ports = [ETCD_CLIENT_PORT, ETCD_LEGACY_CLIENT_PORT] if legacy else [ETCD_CLIENT_PORT]
     listen_hosts = [ip, "127.0.0.1"]
+    # flatcar: client and peer TLS with client certificates of the site CA; the legacy profile's
+    # etcd2 stays plain HTTP (not hardened: Deis v1's components read it so)
+    s = "http" if legacy else "https"
     etcd = {
         "initial_cluster": ",".join(
-            f"{m.name}=http://{m.private_ip}:{ETCD_PEER_PORT}" for m in members
+            f"{m.name}={s}://{m.private_ip}:{ETCD_PEER_PORT}" for m in members
         ),
         "initial_cluster_token": f"cidemo-{ctx.site_name}-etcd",
-        "advertise_client_urls": ",".join(f"http://{ip}:{port}" for port in client_ports),
+        "advertise_client_urls": ",".join(f"{s}://{ip}:{port}" for port in client_ports),
         "listen_client_urls": ",".join(
-            f"http://{host}:{port}" for host in listen_hosts for port in client_ports
+            f"{s}://{host}:{port}" for host in listen_hosts for port in client_ports
         ),
-        "peer_url": f"http://{ip}:{ETCD_PEER_PORT}",
+        "peer_url": f"{s}://{ip}:{ETCD_PEER_PORT}",
         "members_client_urls": ",".join(
-            f"http://{m.private_ip}:{ETCD_CLIENT_PORT}" for m in members
+            f"{s}://{m.private_ip}:{ETCD_CLIENT_PORT}" for m in members
         ),
+        "tls_dir": ETCD_TLS_DIR,  # on the host; etcd-member sees it as /etc/ssl/certs
     }
+    network = ctx.site_network or ",".join(f"{m.private_ip}/32" for m in members)
+    fence = firewall.rules(ctx.site_name, network.split(","))
+    fence_chains = firewall.chains(ctx.site_name)
     docker_opts = [
         "--tlsverify",
         f"--tlscacert={DOCKER_TLS_DIR}/ca.pem",
@@ -264,6 +276,8 @@ def _template_variables(ctx: NodeContext, template_name: str) -> dict[str, Any]:
         "docker_tls_dir": DOCKER_TLS_DIR,
         "docker_opts": " ".join(docker_opts),
         "etcd": etcd,
+        "fence": fence,
+        "fence_chains": fence_chains,
         "flannel_config_json": flannel_config,
         "fleet_metadata": fleet_metadata,
         "deisctl_version": ctx.deis_version.removeprefix("v"),

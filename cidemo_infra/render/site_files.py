@@ -71,6 +71,7 @@ def render_site(site: Site, state: StateDir, site_path: str) -> list[Path]:
             docker_ca_pem=ca,
             docker_server_cert_pem=cert,
             docker_server_key_pem=key,
+            site_network=str(site.network.cidr),
         )
         try:
             rendered[node.name] = render_user_data(ctx)

@@ -23,6 +23,7 @@ from cidemo_infra.cloud.waits import wait_for_servers
 from cidemo_infra.console import Reporter
 from cidemo_infra.errors import CloudError, TerraformError
 from cidemo_infra.inventory import Inventory, InventoryNode
+from cidemo_infra.placement.specs import etcd_scheme
 from cidemo_infra.render.site_files import (
     PUBLIC_ADDRESSES,
     public_addresses,
@@ -245,7 +246,7 @@ def inventory_from_outputs(site: Site, outputs: dict[str, Any], state: StateDir)
         site=site.name,
         target="openstack",
         nodes=tuple(nodes),
-        etcd_url=f"https://{standalone.private_ip}:2379",
+        etcd_url=f"{etcd_scheme(site)}://{standalone.private_ip}:2379",
     )
 
 

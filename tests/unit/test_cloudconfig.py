@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cidemo_infra.placement import firewall
 from cidemo_infra.render.cloudconfig import (
     PROFILES,
     EtcdMember,
@@ -36,7 +37,7 @@ MEMBERS = (
 )
 STANDALONE = ("standalone", "10.42.0.14")
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOTGX1Yx7C1SRWnmYdtOFVMVPU3K8XyEgR1sQ ops@ci-demo"
-EXPECTED_CLUSTER = {m.name: f"http://{m.private_ip}:2380" for m in MEMBERS}
+SCHEME = {"flatcar": "https", "coreos-legacy": "http"}  # the legacy profile is not hardened
 CASES = [(profile, role) for profile in PROFILES for role in ("deis", "standalone")]
 LEGACY_DEPRECATED = {"coreos.etcd2", "coreos.fleet"}
 
@@ -157,20 +158,21 @@ def test_etcd_static_bootstrap(pki: Pki, profile: str, role: str) -> None:
     ctx = make_context(pki, profile, role)
     etcd = etcd_settings(doc, profile)
     cluster = dict(item.split("=", 1) for item in etcd["ETCD_INITIAL_CLUSTER"].split(","))
-    assert cluster == EXPECTED_CLUSTER
+    u = SCHEME[profile]
+    assert cluster == {m.name: f"{u}://{m.private_ip}:2380" for m in MEMBERS}
     assert "discovery" not in text.lower()
     assert not any(name.startswith("ETCD_DISCOVERY") for name in etcd)
     listen = etcd["ETCD_LISTEN_CLIENT_URLS"].split(",")
-    assert f"http://{ctx.private_ip}:2379" in listen
-    assert "http://127.0.0.1:2379" in listen
+    assert f"{u}://{ctx.private_ip}:2379" in listen
+    assert f"{u}://127.0.0.1:2379" in listen
     assert all("0.0.0.0" not in url for url in listen)
     if role == "deis":
         assert etcd["ETCD_NAME"] == ctx.node_name
         assert etcd["ETCD_INITIAL_CLUSTER_STATE"] == "new"
         assert etcd["ETCD_INITIAL_CLUSTER_TOKEN"] == f"cidemo-{SITE}-etcd"
-        assert etcd["ETCD_INITIAL_ADVERTISE_PEER_URLS"] == f"http://{ctx.private_ip}:2380"
-        assert etcd["ETCD_LISTEN_PEER_URLS"] == f"http://{ctx.private_ip}:2380"
-        assert f"http://{ctx.private_ip}:2379" in etcd["ETCD_ADVERTISE_CLIENT_URLS"].split(",")
+        assert etcd["ETCD_INITIAL_ADVERTISE_PEER_URLS"] == f"{u}://{ctx.private_ip}:2380"
+        assert etcd["ETCD_LISTEN_PEER_URLS"] == f"{u}://{ctx.private_ip}:2380"
+        assert f"{u}://{ctx.private_ip}:2379" in etcd["ETCD_ADVERTISE_CLIENT_URLS"].split(",")
         assert "ETCD_PROXY" not in etcd
     else:
         assert etcd["ETCD_PROXY"] == "on"
@@ -193,7 +195,7 @@ def test_etcd_static_bootstrap(pki: Pki, profile: str, role: str) -> None:
 def test_docker_api_is_tls_only_on_2376(pki: Pki, profile: str, role: str) -> None:
     text, doc = render(pki, profile, role)
     found = units(doc)
-    assert "2375" not in text
+    assert "2375" not in text.replace(",".join(map(str, firewall.CONTROL_PORTS)), "")
     assert "docker-tcp.socket" not in found
     sockets = {name: u for name, u in found.items() if name.endswith(".socket")}
     assert set(sockets) == {"docker-tls-tcp.socket"}
@@ -260,10 +262,12 @@ def test_tls_files_and_key_permissions(pki: Pki, profile: str, role: str) -> Non
 def test_no_private_key_but_the_docker_server_key(pki: Pki, profile: str, role: str) -> None:
     text, _ = render(pki, profile, role)
     ctx = make_context(pki, profile, role)
-    assert len(re.findall(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", text)) == 1
+    # the node's server key, for Docker and (flatcar) a copy etcd's user can read; no other
+    copies = 2 if profile == "flatcar" else 1
+    assert len(re.findall(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", text)) == copies
     key_lines = ctx.docker_server_key_pem.strip().splitlines()
     block = "\n".join("      " + line for line in key_lines)
-    assert block in text, "the one private key block is the node's Docker server key"
+    assert text.count(block) == copies, "every private key block is the node's server key"
     for other in (pki.ca_key, pki.client_key):
         body = other.read_text().strip().splitlines()[1]
         assert body not in text
@@ -283,7 +287,9 @@ def test_reboot_strategy(pki: Pki, profile: str, strategy: str) -> None:
     if strategy == "etcd-lock":
         # Straight to the members: locksmith speaks etcd v3 on Flatcar, which a v2 proxy cannot.
         endpoints = doc["coreos"]["locksmith"]["endpoint"].split(",")
-        assert endpoints == [f"http://{m.private_ip}:2379" for m in MEMBERS]
+        assert endpoints == [f"{SCHEME[profile]}://{m.private_ip}:2379" for m in MEMBERS]
+        if profile == "flatcar":
+            assert doc["coreos"]["locksmith"]["etcd_certfile"] == "/etc/ssl/etcd/server.pem"
     else:
         assert "locksmith" not in doc["coreos"]
 
@@ -495,3 +501,38 @@ def test_checker_catches_a_mutated_rendered_file(pki: Pki) -> None:
     assert _has_error(findings, "coreos.etcd2", "Flatcar")
     assert _has_error(findings, "coreos.units[0].command", "launch")
     assert _check("#cloud-config\n" + yaml.safe_dump(yaml.safe_load(text))) == []
+
+
+@pytest.mark.parametrize("role", ["deis", "standalone"])
+def test_flatcar_etcd_asks_clients_and_peers_for_site_certificates(pki: Pki, role: str) -> None:
+    _, doc = render(pki, "flatcar", role)
+    etcd = etcd_settings(doc, "flatcar")
+    assert etcd["ETCD_CLIENT_CERT_AUTH"] == "true"
+    assert etcd["ETCD_TRUSTED_CA_FILE"] == etcd["ETCD_PEER_TRUSTED_CA_FILE"]
+    assert etcd["ETCD_TRUSTED_CA_FILE"] == "/etc/ssl/certs/ca.pem"  # /etc/ssl/etcd on the host
+    assert etcd["ETCD_PEER_CERT_FILE"] == etcd["ETCD_CERT_FILE"] == "/etc/ssl/certs/server.pem"
+    if role == "deis":
+        assert etcd["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
+    written = files(doc)
+    assert written["/etc/ssl/etcd/server-key.pem"]["permissions"] == "0600"
+    assert written["/etc/ssl/etcd/server-key.pem"]["owner"] == "etcd:etcd"
+    assert "BEGIN CERTIFICATE" in written["/etc/ssl/etcd/ca.pem"]["content"]
+
+
+@pytest.mark.parametrize("role", ["deis", "standalone"])
+def test_flatcar_nodes_fence_the_apps_network_on_input_and_docker_user(
+    pki: Pki, role: str
+) -> None:
+    _, doc = render(pki, "flatcar", role, site_network="10.42.0.0/24")
+    unit = units(doc)["cidemo-apps-firewall.service"]
+    assert unit["enable"] is True and unit["command"] == "start"
+    starts = [ln for ln in unit["content"].splitlines() if ln.startswith("ExecStart=")]
+    chains = firewall.chains(SITE)
+    ports = ",".join(map(str, firewall.CONTROL_PORTS))
+    assert any(f"-I DOCKER-USER 1 -j {chains.forward}" in ln for ln in starts)
+    assert any(f"-I INPUT 1 -j {chains.input}" in ln for ln in starts)
+    forward = [ln for ln in starts if f"-A {chains.forward} " in ln]
+    assert len(forward) == 1 and "-d 10.42.0.0/24" in forward[0] and ports in forward[0]
+    assert "-i docker_gwbridge" in forward[0] and "REJECT" in forward[0]
+    (inbound,) = [ln for ln in starts if f"-A {chains.input} " in ln]
+    assert "-i docker_gwbridge" in inbound and ports in inbound
