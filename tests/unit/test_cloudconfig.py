@@ -520,9 +520,7 @@ def test_flatcar_etcd_asks_clients_and_peers_for_site_certificates(pki: Pki, rol
 
 
 @pytest.mark.parametrize("role", ["deis", "standalone"])
-def test_flatcar_nodes_fence_the_apps_network_on_input_and_docker_user(
-    pki: Pki, role: str
-) -> None:
+def test_flatcar_nodes_fence_the_apps_network_on_input_and_docker_user(pki: Pki, role: str) -> None:
     _, doc = render(pki, "flatcar", role, site_network="10.42.0.0/24")
     unit = units(doc)["cidemo-apps-firewall.service"]
     assert unit["enable"] is True and unit["command"] == "start"
