@@ -6,15 +6,21 @@ The tests of this module share one site and run in order, as an operator's day w
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
 import pymysql
 import pytest
+import requests
 
+from cidemo_infra.databases.database import connect
+from cidemo_infra.placement import firewall
+from cidemo_infra.tls.pki import ensure_pki
 from tests.integration.conftest import TestSite, make_site, remove_site
 
 pytestmark = pytest.mark.integration
@@ -80,6 +86,47 @@ def test_second_provision_plans_nothing(site: TestSite) -> None:
     again = site.cidemo("provision")
     assert again.rc == 0, again.err
     assert "no changes" in again.out
+
+
+def test_etcd_answers_only_clients_with_a_certificate_of_the_site(
+    engine, site: TestSite, tmp_path: Path
+) -> None:
+    etcd = f"127.0.0.1:{site.data['services']['etcd']['port']}"
+    tls = site.state / "tls"
+    ca = str(tls / "ca.pem")
+    with pytest.raises(requests.RequestException):  # plain HTTP: no answer at all
+        requests.get(f"http://{etcd}/v2/keys/", timeout=5)
+    with pytest.raises(requests.exceptions.SSLError):  # no client certificate
+        requests.get(f"https://{etcd}/v2/keys/", verify=ca, timeout=5)
+    stranger = ensure_pki(tmp_path / "other", "stranger", {}, ("router",))
+    with pytest.raises(requests.exceptions.SSLError):  # a certificate of another CA
+        requests.get(
+            f"https://{etcd}/v2/keys/",
+            verify=ca,
+            cert=(
+                str(stranger.component_cert_path("router")),
+                str(stranger.component_key_path("router")),
+            ),
+            timeout=5,
+        )
+    # what a preview would have done: it now has no way in; the site's own components do
+    own = (str(tls / "clients/router/cert.pem"), str(tls / "clients/router/key.pem"))
+    listed = requests.get(
+        f"https://{etcd}/v2/keys/services/database_port", verify=ca, cert=own, timeout=5
+    )
+    assert listed.status_code == 200 and len(listed.json()["node"]["nodes"]) == 3
+    # the members registered over TLS with their own certificate, and serve MySQL over TLS
+    conn = connect(
+        "127.0.0.1", site.rw_port, "root", site.secret("root_password"), tls_ca=tls / "ca.pem"
+    )
+    with conn.cursor() as cur:
+        cur.execute("SHOW STATUS LIKE 'Ssl_version'")
+        assert cur.fetchone()[1].startswith("TLS")
+    conn.close()
+    chains = firewall.chains(site.name)
+    rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True).stdout
+    assert f"-A DOCKER-USER -j {chains.forward}" in rules
+    assert f"-A INPUT -j {chains.input}" in rules
 
 
 def test_root_over_the_local_socket_keeps_working(engine, site: TestSite) -> None:
@@ -207,6 +254,9 @@ def test_destroy_removes_everything_and_twice_is_a_noop(engine, site: TestSite) 
     assert engine.containers.list(all=True, filters=flt) == []
     assert engine.networks.list(filters=flt) == []
     assert engine.volumes.list(filters=flt) == []
+    rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True, check=True).stdout
+    assert firewall.chains(site.name).forward not in rules
+    assert firewall.chains(site.name).input not in rules
     again = site.cidemo("destroy", "--yes", "--purge")
     assert again.rc == 0
     assert "no changes" in again.out

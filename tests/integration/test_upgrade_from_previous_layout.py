@@ -2,6 +2,10 @@
 with the restructured code (commit MOVED): no changes planned, no container recreated, smoke
 passes. The restructure moved modules only; state directory, labels and etcd keys are the same.
 
+Then the checkout converges that site, still plain-HTTP etcd, to etcd over TLS with client
+certificates (README "Upgrading a site made before etcd TLS"): the keys written before survive,
+plain HTTP and a client without a certificate are refused, the bridge is gone, smoke passes.
+
 Both are taken from git, not the checkout: later commits may change what runs (an image, a
 member's settings), and the site would then be updated on purpose, which is not what this proves."""
 
@@ -14,7 +18,9 @@ from pathlib import Path
 
 import docker
 import pytest
+import requests
 
+from cidemo_infra.registry.keys import guard_key
 from tests.conftest import REPO, need
 from tests.integration.conftest import TestSite
 
@@ -83,3 +89,22 @@ def test_a_site_of_the_previous_layout_converges_with_nothing_recreated(
 
     smoke = _cidemo_at(after, site, "smoke")
     assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+
+    etcd = f"127.0.0.1:{site.data['services']['etcd']['port']}"
+    marker = "/cidemo-upgrade-test/marker"
+    written = requests.put(f"http://{etcd}/v2/keys{marker}", data={"value": "kept"}, timeout=10)
+    assert written.status_code in (200, 201), written.text
+
+    upgraded = site.cidemo("provision")
+    assert upgraded.rc == 0, upgraded.err + upgraded.out
+    assert "etcd-bridge serves plain HTTP on its old address" in upgraded.out
+    registry = site.registry()
+    assert registry.get(marker) == "kept"
+    assert registry.get(guard_key("", site.name)) is not None  # the cluster's guard, too
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://{etcd}/v2/keys/", timeout=5)
+    tls = site.state / "tls"
+    with pytest.raises(requests.exceptions.SSLError):  # no client certificate
+        requests.get(f"https://{etcd}/v2/keys/", verify=str(tls / "ca.pem"), timeout=5)
+    assert not any("etcd-bridge" in name for name in _site_containers(engine, site))
+    assert site.cidemo("smoke").rc == 0
