@@ -30,7 +30,6 @@ from typing import Any
 
 import docker
 import docker.errors
-import etcd
 import pymysql
 import pytest
 import yaml
@@ -177,7 +176,7 @@ def _database_state(site: TestSite) -> dict[str, Any]:
 
 
 def _etcd_state(site: TestSite) -> dict[str, str]:
-    client = etcd.Client(host="127.0.0.1", port=int(site.data["services"]["etcd"]["port"]))
+    client = site.registry().client
     found = {}
     for node in client.read("/", recursive=True).leaves:
         if not node.dir:
