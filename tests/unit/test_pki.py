@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cidemo_infra.tls import Pki, PkiError, ensure_pki
+from cidemo_infra.tls.pki import ETCD_COMPONENTS
 
 pytestmark = pytest.mark.unit
 
@@ -130,6 +131,24 @@ def test_client_certificate(pki: Pki) -> None:
     ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.CLIENT_AUTH in ekus
     assert ExtendedKeyUsageOID.SERVER_AUTH not in ekus
+
+
+def test_each_component_has_a_client_certificate_and_nodes_may_be_etcd_peers(
+    tmp_path: Path,
+) -> None:
+    made = ensure_pki(tmp_path / "tls", "site-c", {"deis-1": ["10.0.0.5"]}, ETCD_COMPONENTS)
+    ca = _cert(made.ca_cert)
+    for component in ETCD_COMPONENTS:
+        cert = _cert(made.component_cert_path(component))
+        _verify_signed_by(cert, ca)
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        assert cn == f"cidemo site-c {component}"
+        ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(ekus) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+        assert made.component_key_path(component).stat().st_mode & 0o777 == 0o600
+    node = _cert(made.server_cert_path("deis-1"))
+    ekus = node.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(ekus) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
 def test_server_pems_reads_the_node_files(pki: Pki) -> None:

@@ -131,3 +131,28 @@ def test_a_maxscale_site_places_its_own_image_with_the_maxscale_kind() -> None:
     assert proxy.image == "example.org/maxscale:24.02"
     assert dict(proxy.env)["PROXY_KIND"] == "maxscale"
     assert "monitor_password" in proxy.secrets
+
+
+def test_each_component_gets_its_own_etcd_certificate_as_files_never_as_values() -> None:
+    site = parse_site(
+        "name: p1\nenvironments: {app: guestbook, image: 'guestbook:{sha}', repository: o/r}"
+    )
+    specs = {
+        s.name: s
+        for s in desired_specs(site, local_inventory(site), IMAGES | {"router": "cidemo/router:t"})
+    }
+    etcd = specs["cidemo-p1-etcd"]
+    assert dict(etcd.env)["ETCD_TLS"] == "on"
+    assert dict(etcd.tls_files)["server.pem"] == "nodes/site-etcd/server-cert.pem"
+    for role in ("galera-deis-1", "dbproxy", "jenkins", "router"):
+        spec = specs[f"cidemo-p1-{role}"]
+        files = dict(spec.tls_files)
+        assert files["etcd-client.pem"] == f"clients/{spec.role}/cert.pem"
+        assert files["etcd-client-key.pem"] == f"clients/{spec.role}/key.pem"
+        assert dict(spec.env)["ETCD_URL"] == "https://10.213.7.8:2379"
+        assert not any("BEGIN" in v for _, v in spec.env)
+    assert dict(specs["cidemo-p1-galera-deis-2"].tls_files)["server.pem"] == (
+        "nodes/deis-2/server-cert.pem"
+    )
+    assert dict(specs["cidemo-p1-dbproxy"].env)["BACKEND_CIDRS"] == "10.213.7.0/24"
+    assert dict(specs["cidemo-p1-router"].env)["APPS_SERVICE_PREFIX"] == "cidemo-p1-app-"
