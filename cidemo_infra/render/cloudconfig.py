@@ -34,7 +34,9 @@ ETCD_LEGACY_CLIENT_PORT = 4001
 DEIS_REGISTRY_PORT = 5000
 FLANNEL_SUBNET_LEN = 24
 DOCKER_TLS_DIR = "/etc/docker/tls"
-ETCD_TLS_DIR = "/etc/ssl/etcd"  # Flatcar's etcd-member mounts it at /etc/ssl/certs
+# Flatcar's etcd-member mounts the host's /etc/ssl/certs (ETCD_SSL_DIR) at the same path in its
+# container, so etcd's files there have one path inside and out (and on the lab's nodes)
+ETCD_TLS_DIR = "/etc/ssl/certs"
 
 _HOST_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _NODE_NAME_RE = re.compile(rf"^{_HOST_LABEL}$")
@@ -239,7 +241,7 @@ def _template_variables(ctx: NodeContext, template_name: str) -> dict[str, Any]:
         "members_client_urls": ",".join(
             f"{s}://{m.private_ip}:{ETCD_CLIENT_PORT}" for m in members
         ),
-        "tls_dir": ETCD_TLS_DIR,  # on the host; etcd-member sees it as /etc/ssl/certs
+        "tls_dir": ETCD_TLS_DIR,
     }
     network = ctx.site_network or ",".join(f"{m.private_ip}/32" for m in members)
     fence = firewall.rules(ctx.site_name, network.split(","))

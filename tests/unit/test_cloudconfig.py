@@ -289,7 +289,10 @@ def test_reboot_strategy(pki: Pki, profile: str, strategy: str) -> None:
         endpoints = doc["coreos"]["locksmith"]["endpoint"].split(",")
         assert endpoints == [f"{SCHEME[profile]}://{m.private_ip}:2379" for m in MEMBERS]
         if profile == "flatcar":
-            assert doc["coreos"]["locksmith"]["etcd_certfile"] == "/etc/ssl/etcd/server.pem"
+            assert (
+                doc["coreos"]["locksmith"]["etcd_certfile"]
+                == "/etc/ssl/certs/cidemo-etcd-server.pem"
+            )
     else:
         assert "locksmith" not in doc["coreos"]
 
@@ -509,14 +512,18 @@ def test_flatcar_etcd_asks_clients_and_peers_for_site_certificates(pki: Pki, rol
     etcd = etcd_settings(doc, "flatcar")
     assert etcd["ETCD_CLIENT_CERT_AUTH"] == "true"
     assert etcd["ETCD_TRUSTED_CA_FILE"] == etcd["ETCD_PEER_TRUSTED_CA_FILE"]
-    assert etcd["ETCD_TRUSTED_CA_FILE"] == "/etc/ssl/certs/ca.pem"  # /etc/ssl/etcd on the host
-    assert etcd["ETCD_PEER_CERT_FILE"] == etcd["ETCD_CERT_FILE"] == "/etc/ssl/certs/server.pem"
+    assert etcd["ETCD_TRUSTED_CA_FILE"] == "/etc/ssl/certs/cidemo-etcd-ca.pem"
+    assert (
+        etcd["ETCD_PEER_CERT_FILE"]
+        == etcd["ETCD_CERT_FILE"]
+        == "/etc/ssl/certs/cidemo-etcd-server.pem"
+    )
     if role == "deis":
         assert etcd["ETCD_PEER_CLIENT_CERT_AUTH"] == "true"
     written = files(doc)
-    assert written["/etc/ssl/etcd/server-key.pem"]["permissions"] == "0600"
-    assert written["/etc/ssl/etcd/server-key.pem"]["owner"] == "etcd:etcd"
-    assert "BEGIN CERTIFICATE" in written["/etc/ssl/etcd/ca.pem"]["content"]
+    assert written["/etc/ssl/certs/cidemo-etcd-server-key.pem"]["permissions"] == "0600"
+    assert written["/etc/ssl/certs/cidemo-etcd-server-key.pem"]["owner"] == "etcd:etcd"
+    assert "BEGIN CERTIFICATE" in written["/etc/ssl/certs/cidemo-etcd-ca.pem"]["content"]
 
 
 @pytest.mark.parametrize("role", ["deis", "standalone"])

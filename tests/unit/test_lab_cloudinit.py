@@ -27,7 +27,7 @@ APPLIER = REPO / "tests" / "cloud" / "lab" / "node" / "cidemo-lab-cloudinit"
 EXAMPLE = SITES / "openstack.example.yaml"
 # the lab image's /usr/share/flatcar/update.conf (reached as /usr/share/coreos/update.conf)
 IMAGE_UPDATE_CONF = "GROUP=stable\nSERVER=disabled\n"
-MEMBERS_CLIENT_URLS = "http://10.42.0.11:2379,http://10.42.0.12:2379,http://10.42.0.13:2379"
+MEMBERS_CLIENT_URLS = "https://10.42.0.11:2379,https://10.42.0.12:2379,https://10.42.0.13:2379"
 NODES = ("deis-1", "deis-2", "deis-3", "standalone-1")
 
 
@@ -90,6 +90,9 @@ def expected_steps(node: str) -> list[str]:
         "write /etc/docker/tls/ca.pem 0644 root:root",
         "write /etc/docker/tls/server.pem 0644 root:root",
         "write /etc/docker/tls/server-key.pem 0600 root:root",
+        "write /etc/ssl/certs/cidemo-etcd-ca.pem 0644 etcd:etcd",
+        "write /etc/ssl/certs/cidemo-etcd-server.pem 0644 etcd:etcd",
+        "write /etc/ssl/certs/cidemo-etcd-server-key.pem 0600 etcd:etcd",
         "write /etc/coreos/update.conf 0644",
         "write /etc/systemd/system/docker-tls-tcp.socket 0644",
         "enable docker-tls-tcp.socket",
@@ -98,6 +101,8 @@ def expected_steps(node: str) -> list[str]:
         "enable cidemo-metadata-guard.service",
         f"write /etc/systemd/system/etcd-member.service.d/{drop_in} 0644",
         "enable etcd-member.service",
+        "write /etc/systemd/system/cidemo-apps-firewall.service 0644",
+        "enable cidemo-apps-firewall.service",
         "write /run/systemd/system/locksmithd.service.d/20-cloudinit.conf 0644",
         "unmask /run/systemd/system/locksmithd.service",
         "unmask /run/systemd/system/locksmithd.service",
@@ -106,6 +111,7 @@ def expected_steps(node: str) -> list[str]:
         "restart docker.service",
         "start cidemo-metadata-guard.service",
         "start etcd-member.service",
+        "start cidemo-apps-firewall.service",
         "restart locksmithd.service",
     ]
 
@@ -138,6 +144,9 @@ def test_update_and_locksmith_land_where_flatcar_has_them(user_data: dict[str, s
     assert writes["/etc/coreos/update.conf"] == IMAGE_UPDATE_CONF + "REBOOT_STRATEGY=etcd-lock\n"
     assert writes["/run/systemd/system/locksmithd.service.d/20-cloudinit.conf"] == (
         f'[Service]\nEnvironment="LOCKSMITHD_ENDPOINT={MEMBERS_CLIENT_URLS}"\n'
+        'Environment="LOCKSMITHD_ETCD_CAFILE=/etc/ssl/certs/cidemo-etcd-ca.pem"\n'
+        'Environment="LOCKSMITHD_ETCD_CERTFILE=/etc/ssl/certs/cidemo-etcd-server.pem"\n'
+        'Environment="LOCKSMITHD_ETCD_KEYFILE=/etc/ssl/certs/cidemo-etcd-server-key.pem"\n'
     )
 
 
@@ -337,11 +346,13 @@ def test_applying_writes_the_files_and_drives_systemd_in_order(
         "enable --force --no-reload docker-tls-tcp.socket",
         "enable --force --no-reload cidemo-metadata-guard.service",
         "enable --force --no-reload etcd-member.service",
+        "enable --force --no-reload cidemo-apps-firewall.service",
         "daemon-reload",
         "--job-mode=replace start docker-tls-tcp.socket",
         "--job-mode=replace restart docker.service",
         "--job-mode=replace start cidemo-metadata-guard.service",
         "--job-mode=replace start etcd-member.service",
+        "--job-mode=replace start cidemo-apps-firewall.service",
         "--job-mode=replace restart locksmithd.service",
     ]
 
