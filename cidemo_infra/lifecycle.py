@@ -44,7 +44,6 @@ from cidemo_infra.placement.specs import (
 )
 from cidemo_infra.placement.teardown import remove_site_apps
 from cidemo_infra.registry.keys import Registry, guard_key
-from cidemo_infra.render.site_files import render_site
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 from cidemo_infra.targets.local import local_inventory
@@ -95,6 +94,8 @@ def render(site: Site, state: StateDir, site_path: str) -> list[Path]:
             f"site '{site.name}' has target {site.target}: there are no Terraform "
             "inputs or cloud-config to render (use an openstack site)"
         )
+    from cidemo_infra.render.site_files import render_site  # jinja2, the PKI: openstack only
+
     return render_site(site, state, site_path)
 
 
@@ -196,6 +197,7 @@ class Session:
     reporter: Reporter
     images: dict[str, str]
     _tunnels: dict[str, ExecTunnel] = field(default_factory=dict)
+    _registry: Registry | None = None
 
     @property
     def specs(self) -> list[ContainerSpec]:
@@ -230,8 +232,11 @@ class Session:
         return self._tunnels[service].address
 
     def registry(self) -> Registry:
-        host, port = self.endpoint("etcd")
-        return Registry(f"http://{host}:{port}", self.site.services.etcd.prefix)
+        """The site's etcd, one client (and its connections) for the whole command."""
+        if self._registry is None:
+            host, port = self.endpoint("etcd")
+            self._registry = Registry(f"http://{host}:{port}", self.site.services.etcd.prefix)
+        return self._registry
 
     def jenkins_url(self) -> str | None:
         if not self.site.services.jenkins.enabled:

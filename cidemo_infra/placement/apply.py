@@ -1,11 +1,14 @@
 """The executor: the only part of placement with side effects, with a health gate per container.
 
 Galera members are created, started or replaced one at a time, each waiting until Synced and
-registered before the next; a replace never takes the cluster below quorum.
+registered before the next; a replace never takes the cluster below quorum. The other containers
+(the proxy, Jenkins, the router) are placed at the same time as the members, each behind its own
+health gate; networks come first and removals last.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import tarfile
 import time
@@ -20,10 +23,9 @@ from cidemo_infra.console import Reporter
 from cidemo_infra.engines import ENGINE_ERRORS, engine_error, unique_clients
 from cidemo_infra.errors import PlacementError
 from cidemo_infra.galera.member import member_status
-from cidemo_infra.placement.plan import Action
+from cidemo_infra.placement.plan import Action, phases
 from cidemo_infra.placement.specs import ContainerSpec, NetworkSpec, quorum
 from cidemo_infra.probes import http_answers
-from cidemo_infra.proxy.maxscale import render_maxscale
 from cidemo_infra.registry.keys import (
     DATABASE_SERVICES,
     JENKINS_SERVICE,
@@ -32,6 +34,7 @@ from cidemo_infra.registry.keys import (
 )
 
 STOP_TIMEOUT = 60
+GATE_POLL = 0.25  # seconds between two health probes of a container being placed
 SECRET_OWNER = {"jenkins": 1000}  # Jenkins reads its secret as uid 1000; the others as root
 
 
@@ -47,6 +50,35 @@ class Executor:
     jenkins_url: Callable[[], str | None]  # where the tool probes Jenkins from here
 
     def apply(self, actions: list[Action]) -> None:
+        """Networks first, in order; then the Galera members' actions one after another (in
+        their order: a bootstrap first) and every other container's at the same time, each
+        behind its health gate; removals last, in order. The first failure (in `actions`' order)
+        is raised once every lane has stopped."""
+        plan = phases(actions)
+        self._run_in_order(plan.networks)
+        if len(plan.lanes) > 1:
+            with concurrent.futures.ThreadPoolExecutor(len(plan.lanes)) as pool:
+                failures = [f for f in pool.map(self._lane, plan.lanes) if f is not None]
+        else:
+            failures = [f for f in map(self._lane, plan.lanes) if f is not None]
+        if failures:
+            first = min(failures, key=lambda f: actions.index(f[0]))
+            for action, exc in failures:
+                if exc is not first[1]:
+                    self.reporter.step(f"also failed: {action.kind} {action.name}: {exc}")
+            raise first[1]
+        self._run_in_order(plan.removals)
+
+    def _lane(self, lane: list[Action]) -> tuple[Action, Exception] | None:
+        """Apply `lane` in order; stop at its first failure and return it."""
+        for action in lane:
+            try:
+                self._run_in_order([action])
+            except Exception as exc:  # raised by apply() once all lanes stopped
+                return action, exc
+        return None
+
+    def _run_in_order(self, actions: list[Action]) -> None:
         for action in actions:
             self.reporter.step(
                 f"{action.kind} {action.name} on node {action.node} ({action.reason})"
@@ -146,6 +178,8 @@ class Executor:
         if spec.secrets:
             api.put_archive(created["Id"], "/etc", self._secrets_tar(spec))
         if dict(spec.env).get("PROXY_KIND") == "maxscale":
+            from cidemo_infra.proxy.maxscale import render_maxscale  # jinja2: MaxScale sites only
+
             config = render_maxscale(
                 self.registry().services("database_port"), self.secrets["monitor_password"]
             )
@@ -218,7 +252,10 @@ class Executor:
             ok, last = self._is_healthy(container, spec)
             if ok:
                 return
-            time.sleep(1.0)
+            time.sleep(GATE_POLL)
+        if spec.role == "galera":  # say what the member itself reports, not only etcd
+            status = member_status(client.containers.get(spec.name))
+            last = f"{last}; " + (status.error or f"state {status.state or 'unknown'}")
         raise PlacementError(
             f"node {spec.node}: {spec.name} not healthy after {self.health_timeout:.0f} s: {last}"
         )
@@ -229,10 +266,15 @@ class Executor:
         if spec.role == "etcd":
             return self.registry().is_healthy()
         if spec.role == "galera":
+            # a member registers only while Synced: ask etcd (one HTTP read) until it has, then
+            # confirm with the member itself (an exec), instead of an exec every poll
+            registered, why = self._registered(DATABASE_SERVICES, spec.name)
+            if not registered:
+                return False, why
             status = member_status(container)
             if not status.is_synced:
                 return False, status.error or f"state {status.state or 'unknown'}"
-            return self._registered(DATABASE_SERVICES, spec.name)
+            return True, "Synced and registered"
         if spec.role == "dbproxy":
             if dict(spec.env).get("PROXY_KIND") == "maxscale":  # a site image: no registrations
                 return container.status == "running", container.status
@@ -247,9 +289,9 @@ class Executor:
         return container.status == "running", container.status
 
     def _registered(self, services: tuple[str, ...], container: str) -> tuple[bool, str]:
-        registry = self.registry()
+        live = self.registry().all_services()  # one read for every service
         for service in services:
-            if not any(r.container == container for r in registry.services(service)):
+            if not any(r.container == container for r in live.get(service, [])):
                 return False, f"not registered under /services/{service} yet"
         return True, "registered"
 
