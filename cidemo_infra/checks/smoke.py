@@ -17,7 +17,6 @@ from typing import Any
 
 import docker
 import docker.errors
-import pymysql
 
 from cidemo_infra.checks.report import Report
 from cidemo_infra.engines import ENGINE_ERRORS, unique_clients
@@ -306,6 +305,8 @@ def maxscale_backends(config: str) -> list[str]:
 def _row_everywhere(
     ctx: SmokeContext, reading: Reading, members: list[ContainerSpec], report: Report
 ) -> None:
+    import pymysql  # with cryptography: imported here, beside the other checks' waits
+
     token = uuid.uuid4().hex
     host, port = ctx.rw_endpoint
     try:
