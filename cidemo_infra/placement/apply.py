@@ -70,13 +70,43 @@ class Executor:
         self._run_in_order(plan.removals)
 
     def _lane(self, lane: list[Action]) -> tuple[Action, Exception] | None:
-        """Apply `lane` in order; stop at its first failure and return it."""
+        """Apply `lane` in order; stop at its first failure and return it. A lane of members
+        ends when every member is Synced and registered again (a join's donor was Desynced)."""
         for action in lane:
             try:
                 self._run_in_order([action])
             except Exception as exc:  # raised by apply() once all lanes stopped
                 return action, exc
+        if lane[-1].role == "galera":
+            try:
+                self._gate_members(lane[-1])
+            except Exception as exc:
+                return lane[-1], exc
         return None
+
+    def _gate_members(self, last: Action) -> None:
+        """Wait until every member of the site is registered and Synced."""
+        deadline = time.monotonic() + self.health_timeout
+        waiting: list[str] = []
+        while time.monotonic() < deadline:
+            members = self._galera_containers()
+            live = self.registry().all_services()
+            waiting = [
+                c.name
+                for c in members
+                if not all(
+                    any(r.container == c.name for r in live.get(s, [])) for s in DATABASE_SERVICES
+                )
+            ]
+            if not waiting:
+                waiting = [c.name for c in members if not member_status(c).is_synced]
+                if not waiting:
+                    return
+            time.sleep(GATE_POLL)
+        raise PlacementError(
+            f"node {last.node}: after {last.kind} {last.name}, members "
+            f"{', '.join(waiting)} not Synced and registered after {self.health_timeout:.0f} s"
+        )
 
     def _run_in_order(self, actions: list[Action]) -> None:
         for action in actions:
