@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import traceback
@@ -23,11 +24,7 @@ from cidemo_infra.options import (
     state_option,
     yes_option,
 )
-from cidemo_infra.pipeline import operations
-from cidemo_infra.pipeline.commands import env
 from cidemo_infra.site import load_site
-from cidemo_infra.site.schema import site_json_schema
-from cidemo_infra.webhook.commands import webhook
 
 
 @dataclass
@@ -44,7 +41,26 @@ infrastructure_only_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Command groups of the delivery layer, imported when named: `provision` or `smoke` on a
+    local site loads nothing of the pipeline, the webhook, backups or the cloud."""
+
+    LAZY = {
+        "env": "cidemo_infra.pipeline.commands:env",
+        "webhook": "cidemo_infra.webhook.commands:webhook",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            module, _, attr = self.LAZY[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="tracebacks and debug logs")
 @click.option("-q", "--quiet", is_flag=True, help="no progress lines")
 @click.version_option(package_name="cidemo-infra")
@@ -65,6 +81,8 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of site files (for editors)."""
+    from cidemo_infra.site.schema import site_json_schema
+
     click.echo(json.dumps(site_json_schema(), indent=2, sort_keys=True))
 
 
@@ -191,6 +209,8 @@ def status(obj: Context, site_path: str, state_dir: str | None, as_json: bool) -
     envs: list[dict[str, str]] | None = None
     unlisted = ""  # why the environments could not be listed; the containers still are
     if "environments" in site.model_fields_set:
+        from cidemo_infra.pipeline import operations
+
         try:
             with operations.open_envs(site, state, obj.reporter) as ctx:
                 envs = [r.as_dict() for r in operations.list_envs(ctx)]
@@ -256,10 +276,6 @@ def images(obj: Context, site_path: str, base_only: bool) -> None:
     site = load_site(site_path)
     for ref in lifecycle.build_images(site, obj.reporter, base_only=base_only):
         obj.reporter.line(ref)
-
-
-cli.add_command(webhook)
-cli.add_command(env)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -51,7 +51,6 @@ from cidemo_infra.placement.specs import (
 )
 from cidemo_infra.placement.teardown import remove_site_apps
 from cidemo_infra.registry.keys import EtcdTls, Registry, guard_key
-from cidemo_infra.render.site_files import render_site
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 from cidemo_infra.targets.local import local_inventory
@@ -103,6 +102,8 @@ def render(site: Site, state: StateDir, site_path: str) -> list[Path]:
             f"site '{site.name}' has target {site.target}: there are no Terraform "
             "inputs or cloud-config to render (use an openstack site)"
         )
+    from cidemo_infra.render.site_files import render_site  # jinja2, the PKI: openstack only
+
     return render_site(site, state, site_path)
 
 

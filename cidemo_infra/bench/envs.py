@@ -118,7 +118,7 @@ def run(
             f"env up, 1 new preview (clone of {STAGE_ROWS} rows, user, secret, service)",
             f"{one:.1f} s (routed {routed:.1f} s)",
             f"floor: its service by hand, {floor_one:.1f} s",
-            f"{one / floor_one:.2f}x",
+            f"{one / floor_one:.2f}x (goal <= 1.3x)",
         ],
         [
             f"env up, {CONCURRENT} new previews at once",

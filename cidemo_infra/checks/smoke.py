@@ -1,26 +1,39 @@
-"""The smoke checks of a placed site: etcd, registrations, Galera, the proxy, a row, Jenkins."""
+"""The smoke checks of a placed site: etcd, registrations, Galera, the proxy, a row, Jenkins.
+
+After etcd answers, the site is read once (every registration in one etcd read, every container
+in one listing per engine) and the checks run at the same time, each on that reading; the report
+lists their verdicts in a fixed order, every failing check with its own line.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
-import pymysql
 
 from cidemo_infra.checks.report import Report
-from cidemo_infra.galera.connection import guarded_connection
+from cidemo_infra.engines import ENGINE_ERRORS, unique_clients
 from cidemo_infra.galera.member import member_status, run_sql
-from cidemo_infra.placement.specs import GALERA_PORTS, ContainerSpec
+from cidemo_infra.placement.specs import GALERA_PORTS, LABEL_SITE, ContainerSpec
 from cidemo_infra.probes import http_answers
-from cidemo_infra.registry.keys import JENKINS_SERVICE, PROXY_SERVICES, Registry, positions_dir
+from cidemo_infra.registry.keys import (
+    JENKINS_SERVICE,
+    PROXY_SERVICES,
+    Registration,
+    Registry,
+    positions_dir,
+)
 
 SMOKE_DB = "cidemo_smoke"
+PROXY_POLL = 0.2  # seconds between two readings of the proxy's backends while they differ
 
 
 @dataclass
@@ -36,6 +49,21 @@ class SmokeContext:
     unreachable: Mapping[str, str] = field(default_factory=dict)  # engine -> why it does not answer
 
 
+@dataclass(frozen=True)
+class Reading:
+    """The site as read once for all checks: live registrations by service, and the site's
+    containers by (engine, name) as listed (not inspected)."""
+
+    registrations: Mapping[str, list[Registration]]
+    containers: Mapping[tuple[str, str], docker.models.containers.Container]
+
+    def services(self, service: str) -> list[Registration]:
+        return list(self.registrations.get(service, []))
+
+
+Check = Callable[[SmokeContext, Reading, list[ContainerSpec], Report], None]
+
+
 def run_smoke(ctx: SmokeContext) -> Report:
     report = Report()
     for engine, why in sorted(ctx.unreachable.items()):
@@ -45,29 +73,85 @@ def run_smoke(ctx: SmokeContext) -> Report:
     if not ok:
         return report
     members = [s for s in ctx.specs if s.role == "galera"]
-    checks: list[Callable[[SmokeContext, list[ContainerSpec], Report], None]] = [
-        _registrations,
-        _galera,
-        _proxy,
-        _row_everywhere,
-        _jenkins,
+    try:
+        reading = _read(ctx)
+    except Exception as exc:  # one failed check, not a crash of the command
+        report.add("site readable", False, f"{type(exc).__name__}: {exc}")
+        return report
+    checks: list[tuple[str, Check]] = [
+        ("database registrations", _registrations),
+        ("galera", _galera),
+        ("proxy", _proxy),
+        ("row through proxy", _row_everywhere),
+        ("jenkins", _jenkins),
     ]
-    for check in checks:
-        check(ctx, members, report)
+
+    def bound(check: Check) -> Callable[[Report], None]:
+        return lambda part: check(ctx, reading, members, part)
+
+    for part in run_parallel([bound(c) for _, c in checks], [n for n, _ in checks]):
+        report.checks.extend(part.checks)
     return report
 
 
-def _container(ctx: SmokeContext, spec: ContainerSpec) -> docker.models.containers.Container:
+def run_parallel(checks: list[Callable[[Report], None]], names: list[str]) -> list[Report]:
+    """Run each check into a report of its own, all at once; the reports in the checks' order.
+    A check that raises is a failed check named after it, and the others still report."""
+    reports = [Report() for _ in checks]
+
+    def one(i: int) -> None:
+        try:
+            checks[i](reports[i])
+        except Exception as exc:  # reported as that check's failure
+            reports[i].add(names[i], False, f"the check itself failed: {type(exc).__name__}: {exc}")
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(checks))) as pool:
+        list(pool.map(one, range(len(checks))))
+    return reports
+
+
+def _read(ctx: SmokeContext) -> Reading:
+    site = next((s.site for s in ctx.specs), "")
+    containers: dict[tuple[str, str], docker.models.containers.Container] = {}
+    reachable = {e: c for e, c in ctx.clients.items() if e not in ctx.unreachable}
+    node_engines = {s.node: s.engine for s in ctx.specs}
+    for engine, client in unique_clients(reachable).items():
+        for entry in client.api.containers(all=True, filters={"label": f"{LABEL_SITE}={site}"}):
+            name = entry["Names"][0].lstrip("/")
+            node = (entry.get("Labels") or {}).get("io.cidemo.node", "")
+            attrs = {"Id": entry["Id"], "Name": name, "State": entry.get("State", "")}
+            containers[(node_engines.get(node, engine), name)] = client.containers.prepare_model(
+                attrs
+            )
+    return Reading(ctx.registry.all_services(), containers)
+
+
+def _container(
+    reading: Reading, ctx: SmokeContext, spec: ContainerSpec
+) -> docker.models.containers.Container:
     if spec.engine in ctx.unreachable:  # checked as missing, like a removed container
         raise docker.errors.NotFound(f"node {spec.node}: its engine does not answer")
-    return ctx.clients[spec.engine].containers.get(spec.name)
+    found = reading.containers.get((spec.engine, spec.name))
+    if found is None:
+        raise docker.errors.NotFound(f"{spec.name}: no such container")
+    return found
 
 
-def _registrations(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
+def _each(items: list[Any], work: Callable[[Any], Any]) -> list[Any]:
+    """`work` on every item at once (one exec per member); results in the items' order."""
+    if len(items) <= 1:
+        return [work(i) for i in items]
+    with concurrent.futures.ThreadPoolExecutor(len(items)) as pool:
+        return list(pool.map(work, items))
+
+
+def _registrations(
+    ctx: SmokeContext, reading: Reading, members: list[ContainerSpec], report: Report
+) -> None:
     expected = {s.name: dict(s.env)["NODE_ADDRESS"] for s in members}
     problems = []
     for service, port in GALERA_PORTS.items():
-        regs = ctx.registry.services(service)
+        regs = reading.services(service)
         got = {r.container: r.value for r in regs}
         want = {name: f"{ip}:{port}" for name, ip in expected.items()}
         if got != want:
@@ -87,13 +171,21 @@ def _registrations(ctx: SmokeContext, members: list[ContainerSpec], report: Repo
     )
 
 
-def _galera(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
-    statuses = []
-    for spec in members:
-        try:
-            statuses.append((spec, member_status(_container(ctx, spec))))
+def _galera(
+    ctx: SmokeContext, reading: Reading, members: list[ContainerSpec], report: Report
+) -> None:
+    def status(spec: ContainerSpec) -> Any:
+        try:  # the state as listed a moment ago: no second inspect per member
+            return member_status(_container(reading, ctx, spec), refresh=False)
         except docker.errors.NotFound:
+            return None
+
+    statuses = []
+    for spec, st in zip(members, _each(members, status), strict=True):
+        if st is None:
             report.add(f"galera {spec.node}", False, f"{spec.name}: container missing")
+        else:
+            statuses.append((spec, st))
     uuids = {st.cluster_uuid for _, st in statuses if st.running and st.cluster_uuid}
     for spec, st in statuses:
         if not st.running:
@@ -152,18 +244,21 @@ def _recovery(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -
     report.add("galera recovery", False, detail)
 
 
-def _proxy(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
+def _proxy(
+    ctx: SmokeContext, reading: Reading, members: list[ContainerSpec], report: Report
+) -> None:
     proxy = next((s for s in ctx.specs if s.role == "dbproxy"), None)
     if proxy is None:
         return
     # The proxy follows registrations within 2 x TTL (its contract); give it that long to agree.
     deadline = time.monotonic() + 2 * ctx.ttl
+    registered = sorted(r.value for r in reading.services("database_port"))
     while True:
-        registered = sorted(r.value for r in ctx.registry.services("database_port"))
-        backends = _backends(ctx, proxy)
+        backends = _backends(reading, ctx, proxy)
         if backends is None or backends == registered or time.monotonic() >= deadline:
             break
-        time.sleep(1.0)
+        time.sleep(PROXY_POLL)
+        registered = sorted(r.value for r in ctx.registry.services("database_port"))
     if backends is None:
         report.add("proxy backends", False, f"{proxy.name}: cannot read its backend set")
     else:
@@ -174,7 +269,7 @@ def _proxy(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> N
             + ("= registered" if backends == registered else f"!= registered {registered}"),
         )
     for service in PROXY_SERVICES:
-        regs = [r for r in ctx.registry.services(service) if r.container == proxy.name]
+        regs = [r for r in reading.services(service) if r.container == proxy.name]
         report.add(
             f"proxy {service} registered",
             bool(regs),
@@ -182,10 +277,10 @@ def _proxy(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> N
         )
 
 
-def _backends(ctx: SmokeContext, proxy: ContainerSpec) -> list[str] | None:
+def _backends(reading: Reading, ctx: SmokeContext, proxy: ContainerSpec) -> list[str] | None:
     """The proxy's backend set: HAProxy's list, or the servers of a rendered maxscale.cnf."""
     try:
-        container = _container(ctx, proxy)
+        container = _container(reading, ctx, proxy)
         result = container.exec_run(["cat", "/run/cidemo/backends"])
         if result.exit_code == 0:
             return sorted(result.output.decode().split())
@@ -209,7 +304,13 @@ def maxscale_backends(config: str) -> list[str]:
     return sorted(found)
 
 
-def _row_everywhere(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
+def _row_everywhere(
+    ctx: SmokeContext, reading: Reading, members: list[ContainerSpec], report: Report
+) -> None:
+    import pymysql  # with cryptography: imported here, beside the other checks' waits
+
+    from cidemo_infra.galera.connection import guarded_connection
+
     token = uuid.uuid4().hex
     host, port = ctx.rw_endpoint
     try:
@@ -235,16 +336,18 @@ def _row_everywhere(ctx: SmokeContext, members: list[ContainerSpec], report: Rep
     except pymysql.MySQLError as exc:
         report.add("row through proxy", False, f"write through {host}:{port} failed: {exc}")
         return
-    missing = []
-    for spec in members:
+
+    def has_row(spec: ContainerSpec) -> bool:
         try:
             rc, out = run_sql(
-                _container(ctx, spec), f"SELECT COUNT(*) FROM {SMOKE_DB}.rows WHERE token='{token}'"
+                _container(reading, ctx, spec),
+                f"SELECT COUNT(*) FROM {SMOKE_DB}.rows WHERE token='{token}'",
             )
-        except (docker.errors.NotFound, docker.errors.APIError):
-            rc, out = 1, ""
-        if rc != 0 or out.strip() != "1":
-            missing.append(spec.node)
+        except (docker.errors.NotFound, *ENGINE_ERRORS):
+            return False
+        return rc == 0 and out.strip() == "1"
+
+    missing = [s.node for s, ok in zip(members, _each(members, has_row), strict=True) if not ok]
     report.add(
         "row through proxy",
         not missing,
@@ -257,7 +360,9 @@ def _row_everywhere(ctx: SmokeContext, members: list[ContainerSpec], report: Rep
     )
 
 
-def _jenkins(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
+def _jenkins(
+    ctx: SmokeContext, reading: Reading, members: list[ContainerSpec], report: Report
+) -> None:
     spec = next((s for s in ctx.specs if s.role == "jenkins"), None)
     if spec is None:
         return
@@ -268,7 +373,7 @@ def _jenkins(ctx: SmokeContext, members: list[ContainerSpec], report: Report) ->
             answers,
             f"{ctx.jenkins_url} " + ("answers" if answers else "does not answer"),
         )
-    regs = [r for r in ctx.registry.services(JENKINS_SERVICE) if r.container == spec.name]
+    regs = [r for r in reading.services(JENKINS_SERVICE) if r.container == spec.name]
     report.add(
         "jenkins registered",
         bool(regs),

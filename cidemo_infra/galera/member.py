@@ -40,12 +40,15 @@ def run_sql(container: Any, sql: str, database: str | None = None) -> tuple[int,
     return result.exit_code, (result.output or b"").decode(errors="replace").strip()
 
 
-def member_status(container: Any) -> MemberStatus:
+def member_status(container: Any, refresh: bool = True) -> MemberStatus:
+    """The member's status; `refresh=False` trusts the container's state as already read (a
+    listing a moment ago) instead of inspecting it again."""
     name = container.name
-    try:
-        container.reload()
-    except docker.errors.NotFound:
-        return MemberStatus(name, False, error="container not found")
+    if refresh:
+        try:
+            container.reload()
+        except docker.errors.NotFound:
+            return MemberStatus(name, False, error="container not found")
     if container.status != "running":
         return MemberStatus(name, False, error=f"container {container.status}")
     try:

@@ -16,6 +16,7 @@ forks get their own database credentials and nothing else.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import re
@@ -200,7 +201,10 @@ def _up_locked(
         record = _new_record(env, db)
     is_fork = is_fork or record.is_fork  # a fork's pull request never becomes trusted
     password = ctx.state.secret(_password_name(env))
-    _ensure_database(ctx, env, db, password)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the platform's part meanwhile
+        prepared = pool.submit(ctx.platform.prepare)
+        _ensure_database(ctx, env, db, password)
+        prepared.result()
     secrets = {"DB_PASS": password} | ({} if is_fork else app_secrets(ctx.state))
     url = ctx.platform.deploy(env, image, app_settings(ctx.site, env, ctx.platform, db), secrets)
     records.save(

@@ -1,11 +1,14 @@
 """The executor: the only part of placement with side effects, with a health gate per container.
 
 Galera members are created, started or replaced one at a time, each waiting until Synced and
-registered before the next; a replace never takes the cluster below quorum.
+registered before the next; a replace never takes the cluster below quorum. The other containers
+(the proxy, Jenkins, the router) are placed at the same time as the members, each behind its own
+health gate; networks come first and removals last.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import tarfile
 import time
@@ -21,10 +24,9 @@ from cidemo_infra.console import Reporter
 from cidemo_infra.engines import ENGINE_ERRORS, engine_error, unique_clients
 from cidemo_infra.errors import PlacementError
 from cidemo_infra.galera.member import member_status
-from cidemo_infra.placement.plan import Action
+from cidemo_infra.placement.plan import Action, phases
 from cidemo_infra.placement.specs import ContainerSpec, NetworkSpec, quorum
 from cidemo_infra.probes import http_answers
-from cidemo_infra.proxy.maxscale import render_maxscale
 from cidemo_infra.registry.keys import (
     DATABASE_SERVICES,
     JENKINS_SERVICE,
@@ -33,6 +35,7 @@ from cidemo_infra.registry.keys import (
 )
 
 STOP_TIMEOUT = 60
+GATE_POLL = 0.25  # seconds between two health probes of a container being placed
 SECRET_OWNER = {"jenkins": 1000}  # Jenkins reads its secret as uid 1000; the others as root
 # Who reads /etc/cidemo/tls: (uid, gid) of the image's service user (pinned in the Dockerfiles);
 # root for images whose entrypoint starts as root (etcd, galera) and hands the files on.
@@ -58,6 +61,65 @@ class Executor:
     tls_dir: Path | None = None  # the site's TLS material (tls/pki.py) for specs' tls_files
 
     def apply(self, actions: list[Action]) -> None:
+        """Networks first, in order; then the Galera members' actions one after another (in
+        their order: a bootstrap first) and every other container's at the same time, each
+        behind its health gate; removals last, in order. The first failure (in `actions`' order)
+        is raised once every lane has stopped."""
+        plan = phases(actions)
+        self._run_in_order(plan.networks)
+        if len(plan.lanes) > 1:
+            with concurrent.futures.ThreadPoolExecutor(len(plan.lanes)) as pool:
+                failures = [f for f in pool.map(self._lane, plan.lanes) if f is not None]
+        else:
+            failures = [f for f in map(self._lane, plan.lanes) if f is not None]
+        if failures:
+            first = min(failures, key=lambda f: actions.index(f[0]))
+            for action, exc in failures:
+                if exc is not first[1]:
+                    self.reporter.step(f"also failed: {action.kind} {action.name}: {exc}")
+            raise first[1]
+        self._run_in_order(plan.removals)
+
+    def _lane(self, lane: list[Action]) -> tuple[Action, Exception] | None:
+        """Apply `lane` in order; stop at its first failure and return it. A lane of members
+        ends when every member is Synced and registered again (a join's donor was Desynced)."""
+        for action in lane:
+            try:
+                self._run_in_order([action])
+            except Exception as exc:  # raised by apply() once all lanes stopped
+                return action, exc
+        if lane[-1].role == "galera":
+            try:
+                self._gate_members(lane[-1])
+            except Exception as exc:
+                return lane[-1], exc
+        return None
+
+    def _gate_members(self, last: Action) -> None:
+        """Wait until every member of the site is registered and Synced."""
+        deadline = time.monotonic() + self.health_timeout
+        waiting: list[str] = []
+        while time.monotonic() < deadline:
+            members = self._galera_containers()
+            live = self.registry().all_services()
+            waiting = [
+                c.name
+                for c in members
+                if not all(
+                    any(r.container == c.name for r in live.get(s, [])) for s in DATABASE_SERVICES
+                )
+            ]
+            if not waiting:
+                waiting = [c.name for c in members if not member_status(c).is_synced]
+                if not waiting:
+                    return
+            time.sleep(GATE_POLL)
+        raise PlacementError(
+            f"node {last.node}: after {last.kind} {last.name}, members "
+            f"{', '.join(waiting)} not Synced and registered after {self.health_timeout:.0f} s"
+        )
+
+    def _run_in_order(self, actions: list[Action]) -> None:
         for action in actions:
             self.reporter.step(
                 f"{action.kind} {action.name} on node {action.node} ({action.reason})"
@@ -161,6 +223,8 @@ class Executor:
         if spec.tls_files:
             api.put_archive(created["Id"], "/etc", self._tls_tar(spec))
         if dict(spec.env).get("PROXY_KIND") == "maxscale":
+            from cidemo_infra.proxy.maxscale import render_maxscale  # jinja2: MaxScale sites only
+
             config = render_maxscale(
                 self.registry().services("database_port"),
                 self.secrets["monitor_password"],
@@ -262,7 +326,10 @@ class Executor:
             ok, last = self._is_healthy(container, spec)
             if ok:
                 return
-            time.sleep(1.0)
+            time.sleep(GATE_POLL)
+        if spec.role == "galera":  # say what the member itself reports, not only etcd
+            status = member_status(client.containers.get(spec.name))
+            last = f"{last}; " + (status.error or f"state {status.state or 'unknown'}")
         raise PlacementError(
             f"node {spec.node}: {spec.name} not healthy after {self.health_timeout:.0f} s: {last}"
         )
@@ -273,10 +340,15 @@ class Executor:
         if spec.role == "etcd":
             return self.registry().is_healthy()
         if spec.role == "galera":
+            # a member registers only while Synced: ask etcd (one HTTP read) until it has, then
+            # confirm with the member itself (an exec), instead of an exec every poll
+            registered, why = self._registered(DATABASE_SERVICES, spec.name)
+            if not registered:
+                return False, why
             status = member_status(container)
             if not status.is_synced:
                 return False, status.error or f"state {status.state or 'unknown'}"
-            return self._registered(DATABASE_SERVICES, spec.name)
+            return True, "Synced and registered"
         if spec.role == "dbproxy":
             if dict(spec.env).get("PROXY_KIND") == "maxscale":  # a site image: no registrations
                 return container.status == "running", container.status
@@ -291,9 +363,9 @@ class Executor:
         return container.status == "running", container.status
 
     def _registered(self, services: tuple[str, ...], container: str) -> tuple[bool, str]:
-        registry = self.registry()
+        live = self.registry().all_services()  # one read for every service
         for service in services:
-            if not any(r.container == container for r in registry.services(service)):
+            if not any(r.container == container for r in live.get(service, [])):
                 return False, f"not registered under /services/{service} yet"
         return True, "registered"
 

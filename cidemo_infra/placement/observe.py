@@ -15,14 +15,18 @@ def observe(
     site: str, clients: Mapping[str, docker.DockerClient], node_engines: Mapping[str, str]
 ) -> tuple[list[ObservedContainer], list[ObservedNetwork]]:
     """Each daemon is read once, even when several engine names reach it (clients are cached
-    per URL); a container belongs to the engine of the node its label names."""
+    per URL), in one listing; only a container that is not running is inspected (for its exit
+    code). A container belongs to the engine of the node its label names."""
     containers: list[ObservedContainer] = []
     networks: list[ObservedNetwork] = []
     for engine, client in unique_clients(clients).items():
         for c in client.api.containers(all=True, filters={"label": f"{LABEL_SITE}={site}"}):
             labels = c.get("Labels") or {}
             name = c["Names"][0].lstrip("/")
-            detail = client.api.inspect_container(c["Id"])["State"]
+            status = str(c.get("State", ""))
+            exit_code = 0
+            if status in ("exited", "dead"):
+                exit_code = int(client.api.inspect_container(c["Id"])["State"].get("ExitCode", 0))
             node = labels.get(LABEL_NODE, "?")
             containers.append(
                 ObservedContainer(
@@ -31,8 +35,8 @@ def observe(
                     node=node,
                     role=labels.get(LABEL_ROLE, "?"),
                     spec_hash=labels.get(LABEL_SPEC, ""),
-                    status=detail.get("Status", c.get("State", "")),
-                    exit_code=int(detail.get("ExitCode", 0)),
+                    status=status,
+                    exit_code=exit_code,
                 )
             )
         for n in client.api.networks(filters={"label": f"{LABEL_SITE}={site}"}):

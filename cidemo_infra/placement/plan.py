@@ -110,3 +110,24 @@ def _container_action(spec: ContainerSpec, seen: ObservedContainer | None) -> Ac
         detail = f"exit code {seen.exit_code}" if seen.status in ("exited", "dead") else ""
         return act("start", f"{seen.status}" + (f", {detail}" if detail else ""))
     return None
+
+
+@dataclass(frozen=True)
+class Phases:
+    """How the executor runs a list of actions: `networks` first, in order; then every lane at
+    the same time, each lane's actions in order; `removals` last, in order."""
+
+    networks: list[Action]
+    lanes: list[list[Action]]
+    removals: list[Action]
+
+
+def phases(actions: list[Action]) -> Phases:
+    """Galera members' actions form one lane, in their order (one member at a time: quorum and
+    the bootstrap first); every other container's action is a lane of its own."""
+    networks = [a for a in actions if a.kind == "create-network"]
+    removals = [a for a in actions if a.kind in ("remove", "remove-network")]
+    placed = [a for a in actions if a not in networks and a not in removals]
+    members = [a for a in placed if a.role == "galera"]
+    lanes = ([members] if members else []) + [[a] for a in placed if a.role != "galera"]
+    return Phases(networks, lanes, removals)

@@ -86,6 +86,9 @@ class DeisPlatform:
         """The controller pulls the image itself; the token and URL are checked when the
         platform is made."""
 
+    def prepare(self) -> None:
+        """Nothing: the controller owns the routing and the apps' network."""
+
     def remove(self, env: Environment) -> bool:
         if self.client.get_app(env.name) is None:
             return False

@@ -49,6 +49,11 @@ class AppPlatform(Protocol):
         image cannot be found); reads only."""
         ...
 
+    def prepare(self) -> None:
+        """What every deploy needs and no app owns (networks, attachments); idempotent. `deploy`
+        does it itself; `env up` calls it early, beside the database work."""
+        ...
+
     def remove(self, env: Environment) -> bool:
         """Remove `env` (app, route, its secrets); False when there was nothing to remove."""
         ...

@@ -29,6 +29,7 @@ container and network with that label and would plan to remove them; they carry
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import contextlib
 import datetime as dt
 import hashlib
@@ -77,6 +78,7 @@ SECRETS_DIR = "/run/secrets"
 SECRET_NAMES_KEY = "swarm_secret_names"  # the site secret that keys Swarm secrets' names
 NS = 1_000_000_000
 UPDATE_MONITOR = 5 * NS  # a new task that fails this soon after starting rolls the update back
+TASK_POLL = 0.1  # seconds between two readings of a deploying service and its tasks
 STOP_GRACE = 10 * NS
 
 
@@ -286,8 +288,12 @@ class SwarmPlatform:
             # on a cloud the proxy shares the node's network (a host-networked container cannot
             # join an overlay) and apps reach it at the node's private address instead
             roles = ("router", "dbproxy") if self.site.target == "local" else ("router",)
-            for role in roles:
-                self._attach(standalone, container_name(self.site, role))
+            with concurrent.futures.ThreadPoolExecutor(len(roles)) as pool:  # both at once
+                for done in [
+                    pool.submit(self._attach, standalone, container_name(self.site, role))
+                    for role in roles
+                ]:
+                    done.result()
         self._prepared = True
 
     def deploy(
@@ -506,9 +512,14 @@ class SwarmPlatform:
             with contextlib.suppress(docker.errors.APIError):
                 api.remove_secret(secret["ID"])
 
-    def _service(self, name: str) -> dict[str, Any] | None:
+    def _service(self, name: str, in_swarm: bool = False) -> dict[str, Any] | None:
+        """The service's inspection, None when missing; `in_swarm`: the engine is known to be
+        in a swarm (one round trip instead of two)."""
         try:
-            if (self.manager.info().get("Swarm") or {}).get("LocalNodeState") != "active":
+            if (
+                not in_swarm
+                and (self.manager.info().get("Swarm") or {}).get("LocalNodeState") != "active"
+            ):
                 return None  # no swarm yet: no service either
             return dict(self.manager.api.inspect_service(name))
         except docker.errors.NotFound:
@@ -607,7 +618,7 @@ class SwarmPlatform:
         deadline = time.monotonic() + self.timeout
         last = "no task yet"
         while True:
-            service = self._service(spec.name)
+            service = self._service(spec.name, in_swarm=True)
             if service is None:
                 raise PlacementError(f"service {spec.name} vanished while deploying {spec.image}")
             update = service.get("UpdateStatus") or {}
@@ -644,7 +655,7 @@ class SwarmPlatform:
                     f"service {spec.name}: {spec.image} not running after {self.timeout:.0f} s "
                     f"({last})"
                 )
-            time.sleep(0.5)
+            time.sleep(TASK_POLL)
 
     def _wait_tasks_gone(self, name: str) -> None:
         deadline = time.monotonic() + GONE_TIMEOUT

@@ -127,6 +127,24 @@ class Registry:
             )
         return sorted(out, key=lambda r: r.key_id)
 
+    def all_services(self) -> dict[str, list[Registration]]:
+        """Every live registration, by service, in one read of `<prefix>/services`."""
+        base = service_dir(self.prefix, "")
+        try:
+            result = self.client.read(base.rstrip("/"), recursive=True)
+        except etcd.EtcdKeyNotFound:
+            return {}
+        found: dict[str, list[Registration]] = {}
+        for leaf in result.leaves:
+            if leaf.dir or leaf.key == result.key or not leaf.key.startswith(base):
+                continue
+            service, _, key_id = leaf.key[len(base) :].rpartition("/")
+            if service and "/" not in service:
+                found.setdefault(service, []).append(
+                    Registration(service, key_id, leaf.value or "", leaf.ttl)
+                )
+        return {s: sorted(regs, key=lambda r: r.key_id) for s, regs in found.items()}
+
     def children(self, path: str) -> dict[str, str]:
         """The live keys directly under `path`: last path element -> value."""
         try:

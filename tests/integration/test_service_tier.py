@@ -61,20 +61,25 @@ def assert_smoke_passes(site: TestSite) -> None:
     assert report["_passed"], failed
 
 
+ALL_CHECKS = (
+    "etcd",
+    "database registrations",
+    "galera cluster uuid",
+    "proxy backends",
+    "proxy lb_rw registered",
+    "proxy lb_read registered",
+    "row through proxy",
+    "jenkins http",
+    "jenkins registered",
+)
+
+
 def test_provision_from_nothing_passes_smoke(site: TestSite) -> None:
     result = site.cidemo("provision")
     assert result.rc == 0, result.err + result.out
     report = smoke(site)
     assert report["_passed"], report
-    for name in (
-        "etcd",
-        "database registrations",
-        "galera cluster uuid",
-        "proxy backends",
-        "row through proxy",
-        "jenkins http",
-        "jenkins registered",
-    ):
+    for name in ALL_CHECKS:
         assert report[name]["passed"], report[name]
     assert f"127.0.0.1:{site.rw_port}" in result.out
 
@@ -86,6 +91,30 @@ def test_second_provision_plans_nothing(site: TestSite) -> None:
     again = site.cidemo("provision")
     assert again.rc == 0, again.err
     assert "no changes" in again.out
+    # the no-op still runs every smoke check (at the same time, on one reading of the site)
+    checks = [line.split("  ")[0] for line in again.out.splitlines() if "  ok  " in line]
+    assert set(ALL_CHECKS) <= set(checks), again.out
+    assert len([c for c in checks if c.startswith("galera deis-")]) == 3, again.out
+
+
+def test_smoke_names_every_failure_and_one_provision_heals_them(engine, site: TestSite) -> None:
+    """Two services down at once: the checks, run at the same time, fail each one that depends
+    on them while the rest still passes; one provision starts both again (each in a lane of its
+    own, behind its health gate) and the checks pass."""
+    stopped = [f"cidemo-{site.name}-jenkins", f"cidemo-{site.name}-dbproxy"]
+    for name in stopped:
+        engine.containers.get(name).stop(timeout=30)
+    report = smoke(site)
+    assert not report["_passed"]
+    for name in ("jenkins http", "proxy backends", "row through proxy"):
+        assert not report[name]["passed"], report[name]
+    for name in ("etcd", "galera cluster uuid"):
+        assert report[name]["passed"], report[name]
+    healed = site.cidemo("provision")
+    assert healed.rc == 0, healed.err + healed.out
+    for name in stopped:
+        assert f"start {name}" in healed.out, healed.out
+    assert_smoke_passes(site)
 
 
 def test_etcd_answers_only_clients_with_a_certificate_of_the_site(
