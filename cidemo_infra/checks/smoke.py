@@ -1,4 +1,5 @@
-"""The smoke checks of a placed site: etcd, registrations, Galera, the proxy, a row, Jenkins."""
+"""The smoke checks of a placed site: etcd, registrations, Galera, the proxy, a row, Jenkins,
+the image registry."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def run_smoke(ctx: SmokeContext) -> Report:
         _proxy,
         _row_everywhere,
         _jenkins,
+        _image_registry,
     ]
     for check in checks:
         check(ctx, members, report)
@@ -269,4 +271,22 @@ def _jenkins(ctx: SmokeContext, members: list[ContainerSpec], report: Report) ->
         "jenkins registered",
         bool(regs),
         regs[0].value if regs else f"no key under /services/{JENKINS_SERVICE}",
+    )
+
+
+def _image_registry(ctx: SmokeContext, members: list[ContainerSpec], report: Report) -> None:
+    """Healthy: its own check asked /v2/ over TLS and was told to authenticate."""
+    spec = next((s for s in ctx.specs if s.role == "registry"), None)
+    if spec is None:
+        return
+    try:
+        container = _container(ctx, spec)
+    except docker.errors.NotFound:
+        report.add("registry", False, f"container {spec.name} is missing")
+        return
+    health = container.attrs.get("State", {}).get("Health", {}).get("Status", "none")
+    report.add(
+        "registry",
+        health == "healthy",
+        f"{spec.name}: {health} (TLS, authentication required)",
     )
