@@ -128,9 +128,11 @@ def run_build(state: StateDir, target: BuildTarget, req: BuildRequest) -> str:
                 image = _run(state, target, req, folder, log)
             except BuildSuperseded as exc:
                 log.write(f"superseded: {exc}\n")
+                _untag(target, req)
                 raise
             except BuildFailed as exc:
                 log.write(f"FAILED: {exc}\n")
+                _untag(target, req)
                 raise
             log.write(f"built, tested and pushed {image} in {time.monotonic() - started:.1f} s\n")
         _prune_logs(folder)
@@ -262,7 +264,8 @@ def _docker_build(
 
 
 def _test(target: BuildTarget, req: BuildRequest, log: IO[str], deadline: float) -> None:
-    """`test_command` in the built image: no network, limits for forks; non-zero fails."""
+    """`test_command` in the built image (instead of its entrypoint): no network, limits for
+    forks; a non-zero exit fails the build."""
     command = target.settings.test_command
     if not command:
         log.write("no environments.build.test_command: no tests run\n")
@@ -276,7 +279,10 @@ def _test(target: BuildTarget, req: BuildRequest, log: IO[str], deadline: float)
         fork = target.settings.fork
         memory = fork.memory_mb * 1024 * 1024
         kwargs |= {"nano_cpus": int(fork.cpus * 1e9), "mem_limit": memory, "memswap_limit": memory}
-    container = target.client.containers.create(req.image, command=command, **kwargs)
+    # the command replaces the image's entrypoint: the tests, not the app, run
+    container = target.client.containers.create(
+        req.image, entrypoint=command[:1], command=command[1:], **kwargs
+    )
     try:
         container.start()
         left = max(1.0, deadline - time.monotonic())
@@ -316,6 +322,13 @@ def _forget_layers(target: BuildTarget, req: BuildRequest, log: IO[str]) -> None
     repository, tag = req.image.rsplit(":", 1)
     target.client.images.pull(repository, tag=tag, auth_config=target.auth)
     log.write("fork build: its layers were removed from the build cache; image pulled back\n")
+
+
+def _untag(target: BuildTarget, req: BuildRequest) -> None:
+    """An image that was not pushed is not a deployable one: its tag goes (a trusted build's
+    layers stay as cache; a fork's go with it)."""
+    with contextlib.suppress(docker.errors.DockerException):
+        target.client.images.remove(req.image, noprune=not req.is_fork)
 
 
 def _link_last(folder: Path, log_path: Path) -> None:
