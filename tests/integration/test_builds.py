@@ -141,6 +141,7 @@ def site(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) 
         },
     )
     made.data["services"]["registry"] = {"port": free_port()}
+    made.data["timeouts"]["health"] = 480  # a loaded machine: builds run beside other sites
     made.path.write_text(json.dumps(made.data))
     try:
         yield made
