@@ -9,12 +9,12 @@ SITE ?= infra/sites/local.yaml
 PYTEST_ARGS ?=
 
 .PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision demo destroy smoke render plan status recover images base-image \
-        test test-unit test-integration test-ghost test-lab chaos lint wheel-check bench clean browser \
+        test test-unit test-integration test-ghost test-builds test-lab chaos lint wheel-check bench clean browser \
         env-up env-down env-list env-promote env-gc env-refresh-staging env-backups
 
 help:
 	@echo "make provision | demo | destroy | smoke | render | plan | status | recover | images | base-image"
-	@echo "make test | test-ghost | test-lab | chaos | lint | wheel-check | bench | terraform-tools | browser (SITE=$(SITE))"
+	@echo "make test | test-ghost | test-builds | test-lab | chaos | lint | wheel-check | bench | terraform-tools | browser (SITE=$(SITE))"
 	@echo "make cloud-lab | cloud-lab-down    (the test OpenStack whose servers boot as lab nodes)"
 	@echo "make env-up PR=<n>|ENV=staging|ENV=production REF=<sha> [IMAGE=<image>] [FORK=1]"
 	@echo "make env-down PR=<n> | env-list | env-promote | env-gc | env-refresh-staging [FROM=<backup>] | env-backups"
@@ -135,6 +135,10 @@ test-ghost: venv host
 # by OS_CLOUD/OS_CLIENT_CONFIG_FILE (tests/cloud/openstack/openstack-up); make test runs a part.
 test-lab: venv host terraform-tools
 	$(with_tf) CIDEMO_LAB_FULL=1 $(BIN)/python -m pytest -p no:cacheprovider tests/cloud/test_lab.py $(PYTEST_ARGS)
+
+# Builds from source, every case (make test runs all but the layer-cache and newest-wins ones).
+test-builds: venv host
+	CIDEMO_BUILDS_FULL=1 $(BIN)/python -m pytest -p no:cacheprovider tests/integration/test_builds.py $(PYTEST_ARGS)
 
 test-integration: venv host terraform-tools
 	$(with_tf) $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)

@@ -23,9 +23,9 @@ from cidemo_infra.site import Site
 def build_dir(site: Site, site_path: str | Path) -> Path | None:
     """The directory `environments.build` names, relative to the site file; None without one."""
     build = site.environments.build
-    if not build:
+    if build is None or not build.source:
         return None
-    return (Path(site_path).parent / build).resolve()
+    return (Path(site_path).parent / build.source).resolve()
 
 
 def source_ref(folder: Path) -> str:

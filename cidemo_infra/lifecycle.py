@@ -15,7 +15,7 @@ import click
 import docker
 import docker.errors
 
-from cidemo_infra import app_image
+from cidemo_infra import app_image, image_registry
 from cidemo_infra import images as project_images
 from cidemo_infra.checks.report import Report
 from cidemo_infra.checks.smoke import SmokeContext, run_smoke
@@ -263,10 +263,14 @@ class Session:
             tunnel.close()
 
     def executor(self) -> Executor:
+        secrets = _secrets(self.state)
+        if image_registry.is_placed(self.site):
+            secrets |= image_registry.container_secrets(self.site, self.state, self.inventory)
+            image_registry.trust(self.site, self.state, self.inventory)
         return Executor(
             site=self.site.name,
             clients=self.clients,
-            secrets=_secrets(self.state),
+            secrets=secrets,
             registry=self.registry,
             reporter=self.reporter,
             health_timeout=float(self.site.timeouts.health),
@@ -710,6 +714,8 @@ def destroy(
             _remove_labelled(clients, doomed)
             if _fences_this_machine(site):
                 firewall.remove(site.name)
+            if site.target == "local":
+                image_registry.untrust(site, state, local_inventory(site))
             if infrastructure is not None and infrastructure.has_changes:
                 target.destroy_infrastructure(site, state, reporter, infrastructure)
             state.inventory_file.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from typing import Any
 import docker
 import yaml
 
+from cidemo_infra.bench import build as bench_build
 from cidemo_infra.bench import clone as bench_clone
 from cidemo_infra.bench import envs as bench_envs
 from cidemo_infra.console import Reporter
@@ -38,6 +39,7 @@ BENCH_SITE = {
         "proxy": {"rw_port": 24006, "ro_port": 24008},
         "jenkins": {"enabled": True, "image": "project:jenkins-standin", "port": 28080},
         "etcd": {"port": 24379},
+        "registry": {"port": 25000},
     },
     "environments": {
         "app": "guestbook",
@@ -45,6 +47,8 @@ BENCH_SITE = {
         "image": "cidemo/guestbook:{sha}",
         "router_port": 28000,
         "max_previews": 6,
+        "repository": "cidemo/bench",
+        "build": bench_build.BUILD,
     },
 }
 
@@ -245,6 +249,7 @@ def main() -> None:
             for c in client.containers.list(filters={"label": "io.cidemo.site=bench"})
         }
         sections = _section("environments", lambda: bench_envs.run(site, state), failed)
+        sections += _section("builds", lambda: bench_build.run(site, state), failed)
         password = (state / "secrets" / "root_password").read_text().strip()
         rw = ("127.0.0.1", int(BENCH_SITE["services"]["proxy"]["rw_port"]))  # type: ignore[index]
 

@@ -1,4 +1,5 @@
-"""The smoke checks of a placed site: etcd, registrations, Galera, the proxy, a row, Jenkins.
+"""The smoke checks of a placed site: etcd, registrations, Galera, the proxy, a row, Jenkins, the
+image registry.
 
 After etcd answers, the site is read once (every registration in one etcd read, every container
 in one listing per engine) and the checks run at the same time, each on that reading; the report
@@ -84,6 +85,7 @@ def run_smoke(ctx: SmokeContext) -> Report:
         ("proxy", _proxy),
         ("row through proxy", _row_everywhere),
         ("jenkins", _jenkins),
+        ("image registry", _image_registry),
     ]
 
     def bound(check: Check) -> Callable[[Report], None]:
@@ -119,7 +121,12 @@ def _read(ctx: SmokeContext) -> Reading:
         for entry in client.api.containers(all=True, filters={"label": f"{LABEL_SITE}={site}"}):
             name = entry["Names"][0].lstrip("/")
             node = (entry.get("Labels") or {}).get("io.cidemo.node", "")
-            attrs = {"Id": entry["Id"], "Name": name, "State": entry.get("State", "")}
+            attrs = {
+                "Id": entry["Id"],
+                "Name": name,
+                "State": entry.get("State", ""),
+                "Status": entry.get("Status", ""),  # "Up 2 minutes (healthy)": the health too
+            }
             containers[(node_engines.get(node, engine), name)] = client.containers.prepare_model(
                 attrs
             )
@@ -379,3 +386,31 @@ def _jenkins(
         bool(regs),
         regs[0].value if regs else f"no key under /services/{JENKINS_SERVICE}",
     )
+
+
+def _image_registry(
+    ctx: SmokeContext, reading: Reading, members: list[ContainerSpec], report: Report
+) -> None:
+    """Healthy: its own check asked /v2/ over TLS and was told to authenticate."""
+    spec = next((s for s in ctx.specs if s.role == "registry"), None)
+    if spec is None:
+        return
+    try:
+        container = _container(reading, ctx, spec)
+    except docker.errors.NotFound:
+        report.add("registry", False, f"container {spec.name} is missing")
+        return
+    health = listed_health(container.attrs.get("Status", ""))
+    report.add(
+        "registry",
+        health == "healthy",
+        f"{spec.name}: {health} (TLS, authentication required)",
+    )
+
+
+def listed_health(status: str) -> str:
+    """The health a container listing shows in its status line ("Up 2 minutes (healthy)")."""
+    for mark, health in (("(healthy)", "healthy"), ("(unhealthy)", "unhealthy")):
+        if mark in status:
+            return health
+    return "starting" if "(health: starting)" in status else "none"

@@ -76,6 +76,19 @@ def env() -> None:
 )
 @click.option("--image", default=None, help="image to run (default: environments.image)")
 @click.option("--fork", is_flag=True, help="a pull request from a fork: no app secrets")
+@click.option(
+    "--build",
+    "build_it",
+    is_flag=True,
+    help="build --ref from source first (fetch, build, test, push to the site registry)",
+)
+@click.option(
+    "--source",
+    default=None,
+    metavar="URL",
+    help="with --build: the repository to fetch from (default: environments.build.repository_url"
+    ", else GitHub's environments.repository); a local path or file:// too",
+)
 @dry_run_option
 @lock_env
 def up(
@@ -87,6 +100,8 @@ def up(
     ref: str | None,
     image: str | None,
     fork: bool,
+    build_it: bool,
+    source: str | None,
     dry_run: bool,
     lock_wait: float,
 ) -> None:
@@ -94,6 +109,11 @@ def up(
     site, state = load_site_and_state(site_path, state_dir)
     require_environments(site)
     target = _chosen(site, pr, staging, production)
+    if build_it:
+        _up_built(site, state, target, ref, image, source, fork, dry_run, lock_wait)
+        return
+    if source is not None:
+        raise UsageError("--source: only with --build")
     if ref is None:
         ref = app_image.built_ref(site, site_path)
     names.validate_ref(ref)
@@ -106,6 +126,86 @@ def up(
             return
         url = operations.up(ctx, target, ref, wanted, is_fork=fork)
     click.echo(url)
+
+
+def _up_built(
+    site: Site,
+    state: StateDir,
+    target: Environment,
+    ref: str | None,
+    image: str | None,
+    source: str | None,
+    fork: bool,
+    dry_run: bool,
+    lock_wait: float,
+) -> None:
+    from cidemo_infra.builds.build import BuildFailed, BuildSuperseded
+    from cidemo_infra.builds.source import check_clone_url
+    from cidemo_infra.pipeline import building
+
+    building.require_builds(site)
+    if ref is None:
+        raise UsageError("--build: give the commit to build with --ref SHA")
+    if image is not None:
+        raise UsageError("--image and --build exclude each other: --build makes the image")
+    names.validate_ref(ref)
+    url = source or building.default_clone_url(site)
+    if not url.startswith(("https://", "http://", "git://", "file://")):
+        url = os.path.abspath(url)
+    check_clone_url(url, from_event=False)
+    with operations.open_envs(site, state, _reporter(), lock_wait) as ctx:
+        if dry_run:
+            ctx.reporter.line(f"{target.name}: would build {ref} from {url}")
+            for line in operations.plan_up(ctx, target, building.built_image(ctx, ref)).lines():
+                ctx.reporter.line(line)
+            return
+        building.note_request(state, target.name, ref)
+        try:
+            address = building.build_and_up(ctx, target, ref, url, is_fork=fork, from_event=False)
+        except (BuildFailed, BuildSuperseded) as exc:
+            raise BuildStopped(f"{target.name}: {exc}; it keeps what it ran") from None
+    click.echo(address)
+
+
+class BuildStopped(click.ClickException):
+    """A build that failed or was superseded: exit 1, the environment unchanged."""
+
+    exit_code = 1
+
+
+@env.command()
+@click.argument("name", required=False)
+@site_option
+@state_option
+@pr_option
+@staging_option
+@production_option
+def logs(
+    name: str | None,
+    site_path: str,
+    state_dir: str | None,
+    pr: int | None,
+    staging: bool,
+    production: bool,
+) -> None:
+    """The environment's last build log and its app's recent output (NAME, e.g. pr-3-app, or
+    --pr N / --staging / --production)."""
+    from cidemo_infra.pipeline import building
+
+    site, state = load_site_and_state(site_path, state_dir)
+    require_environments(site)
+    if name is not None:
+        if pr is not None or staging or production:
+            raise UsageError("name the environment once: NAME or --pr/--staging/--production")
+        target = names.parse(name, site.environments.app)
+    else:
+        target = _chosen(site, pr, staging, production)
+    with operations.open_envs(site, state, _reporter()) as ctx:
+        build_log, app_output = building.logs(ctx, target)
+    click.echo(f"== last build of {target.name} ==")
+    click.echo(build_log.rstrip("\n") if build_log is not None else "(no build of it here)")
+    click.echo(f"== app output of {target.name} (last {building.APP_LOG_LINES} lines) ==")
+    click.echo(app_output.rstrip("\n"))
 
 
 @env.command()

@@ -41,7 +41,7 @@ JENKINS_SECRETS = ("jenkins_admin_password",)
 class ContainerSpec:
     name: str
     node: str
-    role: str  # etcd | galera | dbproxy | jenkins | router
+    role: str  # etcd | galera | dbproxy | jenkins | router | registry
     image: str
     engine: str
     env: tuple[tuple[str, str], ...] = ()
@@ -124,7 +124,14 @@ def image_refs(site: Site) -> dict[str, str]:
         refs["jenkins"] = services.jenkins.image or "project:jenkins"
     if has_router(site):
         refs["router"] = "project:router"
+    if has_registry(site):
+        refs["registry"] = services.registry.image or "project:registry"
     return refs
+
+
+def has_registry(site: Site) -> bool:
+    """The image registry is placed for sites that build their apps' images."""
+    return "environments" in site.model_fields_set and site.environments.build is not None
 
 
 def has_router(site: Site) -> bool:
@@ -147,7 +154,9 @@ def roles_by_engine(site: Site, inventory: Inventory) -> dict[str, set[str]]:
     """Which roles run on which engine (to know where each image must be present)."""
     out: dict[str, set[str]] = {}
     standalone = inventory.of_role("standalone")[0]
-    out.setdefault(standalone.engine, set()).update(("etcd", "dbproxy", "jenkins", "router"))
+    out.setdefault(standalone.engine, set()).update(
+        ("etcd", "dbproxy", "jenkins", "router", "registry")
+    )
     for node in inventory.of_role("deis")[: site.services.galera.members]:
         out.setdefault(node.engine, set()).add("galera")
     return out
@@ -244,7 +253,36 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
         )
     if has_router(site):
         specs.append(_router_spec(site, inventory, images["router"]))
+    if has_registry(site):
+        specs.append(_registry_spec(site, inventory, images["registry"]))
     return specs
+
+
+REGISTRY_PORT = 5000  # inside its container (local); on the node's address (openstack)
+REGISTRY_SECRETS = ("registry_password", "registry_tls_cert", "registry_tls_key")
+
+
+def _registry_spec(site: Site, inventory: Inventory, image: str) -> ContainerSpec:
+    """The image registry on the standalone node: builds push, the engines pull (TLS, htpasswd;
+    image_registry.py has the rest). Its volume of images is a data volume (destroy --purge)."""
+    standalone = inventory.of_role("standalone")[0]
+    local = site.target == "local"
+    port = REGISTRY_PORT if local else site.services.registry.port
+    return ContainerSpec(
+        name=container_name(site, "registry"),
+        node=standalone.name,
+        role="registry",
+        image=image,
+        engine=standalone.engine,
+        env=(("REGISTRY_PORT", str(port)),),
+        network=network_name(site) if local else "host",
+        ip=local_address(site, standalone.engine, REGISTRY_HOST_INDEX) if local else None,
+        hostname=container_name(site, "registry") if local else None,
+        ports=((REGISTRY_PORT, "127.0.0.1", site.services.registry.port),) if local else (),
+        volumes=((volume_name(site, "registry"), "/var/lib/docker-registry"),),
+        secrets=REGISTRY_SECRETS,
+        site=site.name,
+    )
 
 
 def _router_spec(site: Site, inventory: Inventory, image: str) -> ContainerSpec:
@@ -286,6 +324,7 @@ LEGACY_ETCD_HOST_INDEX = 5
 JENKINS_HOST_INDEX = 6
 ROUTER_HOST_INDEX = 7
 ETCD_HOST_INDEX = 8
+REGISTRY_HOST_INDEX = 9
 
 
 def etcd_client_tls_files(component: str) -> tuple[tuple[str, str], ...]:

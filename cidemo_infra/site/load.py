@@ -50,12 +50,14 @@ def load_site(path: str | Path) -> Site:
         raise SiteError(source, [f"cannot read: {exc}"]) from None
     site = parse_site(text, source)
     build = site.environments.build
-    if build and not (path.parent / build / "Dockerfile").is_file():
+    folder = build.source if build is not None else None
+    dockerfile = build.dockerfile if build is not None else "Dockerfile"
+    if folder and not (path.parent / folder / dockerfile).is_file():
         raise SiteError(
             source,
             [
-                f"environments.build: {build!r} has no Dockerfile (the path is relative to the "
-                f"site file: {(path.parent / build).resolve()})"
+                f"environments.build.source: {folder!r} has no {dockerfile} (the path is "
+                f"relative to the site file: {(path.parent / folder).resolve()})"
             ],
         )
     return site

@@ -13,7 +13,7 @@ import string
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 ROLES: tuple[str, ...] = ("deis", "standalone")
 RESERVED_HOSTS = 10  # the first addresses of the subnet stay free for the router, DHCP and the like
@@ -139,11 +139,24 @@ class Etcd(_Strict):
     port: int = Field(23790, ge=1, le=65535, description="local target: published on 127.0.0.1")
 
 
+class Registry(_Strict):
+    """The site's image registry (placed on the standalone node when `environments.build` is
+    set): builds push there, every node pulls from there."""
+
+    image: str | None = Field(
+        None, description="default: the project's image (Debian's docker-registry)"
+    )
+    port: int = Field(
+        5000, ge=1, le=65535, description="TLS port; local target: published on 127.0.0.1"
+    )
+
+
 class Services(_Strict):
     galera: Galera = Galera()
     proxy: Proxy = Proxy()
     jenkins: Jenkins = Jenkins()
     etcd: Etcd = Etcd()
+    registry: Registry = Registry()
 
 
 AppName = Annotated[str, StringConstraints(pattern=r"^[a-z]([a-z0-9-]{0,20}[a-z0-9])?$")]
@@ -172,6 +185,53 @@ def app_name_problem(app: str) -> str | None:
 
 
 RepoName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9_.-]{1,100}$")]
+RelativePath = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_.@+-][A-Za-z0-9_.@+/-]{0,199}$")
+]
+
+
+class ForkLimits(_Strict):
+    """What a build of a fork's pull request may use (its code is untrusted)."""
+
+    cpus: float = Field(1.0, gt=0, le=64, description="CPUs of the build's and the tests' steps")
+    memory_mb: int = Field(1024, ge=64, le=65536, description="memory of each step, MiB")
+    timeout: int = Field(600, ge=10, le=86400, description="seconds the whole build may take")
+
+
+class Build(_Strict):
+    """How the platform builds an environment's image from a commit. A plain string is
+    `source` (the demo's local app directory), as before."""
+
+    source: str | None = Field(
+        None,
+        min_length=1,
+        description="local target: the app's source directory, relative to the site file (the "
+        "first run makes a git repository of it; provision builds `image` of its files' hash)",
+    )
+    repository_url: str | None = Field(
+        None,
+        pattern=r"^(https://|http://|git://|file://|/).+",
+        description="clone URL `env up --build` fetches from (default: "
+        "https://github.com/<environments.repository>.git); webhooks use the event's",
+    )
+    context: RelativePath = Field(".", description="build context, inside the repository")
+    dockerfile: RelativePath = Field("Dockerfile", description="relative to the context")
+    args: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], str] = (
+        Field(default_factory=dict, description="build arguments (APP_VERSION is the commit)")
+    )
+    test_command: list[str] | None = Field(
+        None, min_length=1, description="run in the built image; a non-zero exit deploys nothing"
+    )
+    node: Hostname | None = Field(None, description="node whose engine builds; default standalone")
+    timeout: int = Field(1800, ge=10, le=86400, description="seconds a trusted build may take")
+    fork: ForkLimits = ForkLimits()
+
+    @field_validator("context", "dockerfile")
+    @classmethod
+    def _inside_the_repository(cls, value: str) -> str:
+        if ".." in value.split("/"):
+            raise ValueError(f"'{value}' leaves the repository ('..'); give a path inside it")
+        return value
 
 
 class Environments(_Strict):
@@ -211,13 +271,16 @@ class Environments(_Strict):
     app_env: dict[str, str] = Field(
         default_factory=dict, description="non-secret settings given to every environment"
     )
-    build: str | None = Field(
+    build: Build | None = Field(
         None,
-        min_length=1,
-        description="local target: the app's source directory (a Dockerfile), relative to the "
-        "site file; provision builds `image` for a ref hashed from its files, and `env up` "
-        "without --ref runs it",
+        description="build images from commits (webhooks, `env up --build`) and place the site "
+        "registry; a string is `build.source`",
     )
+
+    @field_validator("build", mode="before")
+    @classmethod
+    def _build_shorthand(cls, value: object) -> object:
+        return {"source": value} if isinstance(value, str) else value
 
 
 class Timeouts(_Strict):

@@ -56,6 +56,7 @@ class PreviewUp:
     ref_sha: str
     head_repo: str
     is_fork: bool
+    clone_url: str = ""  # the head repository's (a fork's own): where a build fetches from
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class PreviewDown:
 @dataclass(frozen=True)
 class StagingUp:
     sha: str
+    clone_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class ProductionUp:
     # the push's commits (payload `commits[].id`): a merge of the staging branch brings staging's
     # commit in here while `sha` is the merge commit
     commits: tuple[str, ...] = ()
+    clone_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ Intent = PreviewUp | PreviewDown | StagingUp | ProductionUp | Ignored | Refused
 class ExecutionResult:
     url: str | None
     ok: bool
-    detail: str
+    detail: str  # for the server's log only: may name internal hosts
+    summary: str | None = None  # a failure's generic kind, safe for a public commit status
 
 
 class IntentExecutor(Protocol):
@@ -223,7 +227,13 @@ def _pull_request(payload: Mapping[str, Any], settings: DeliverySettings) -> Int
             return Ignored(
                 f"pull request #{number}: label '{label}' only matters for pull requests from forks"
             )
-        return PreviewUp(pr=number, ref_sha=sha, head_repo=head_repo, is_fork=True)
+        return PreviewUp(
+            pr=number,
+            ref_sha=sha,
+            head_repo=head_repo,
+            is_fork=True,
+            clone_url=_clone_url(payload, "pull_request.head.repo"),
+        )
 
     if is_fork:
         if settings.fork_label in labels:
@@ -244,7 +254,13 @@ def _pull_request(payload: Mapping[str, Any], settings: DeliverySettings) -> Int
             f"pull request #{number}: author '{login}' ({association}) is not authorized; "
             f"trusted are {', '.join(sorted(TRUSTED_ASSOCIATIONS))} and the allow-list"
         )
-    return PreviewUp(pr=number, ref_sha=sha, head_repo=head_repo, is_fork=False)
+    return PreviewUp(
+        pr=number,
+        ref_sha=sha,
+        head_repo=head_repo,
+        is_fork=False,
+        clone_url=_clone_url(payload, "pull_request.head.repo"),
+    )
 
 
 def _push(payload: Mapping[str, Any], settings: DeliverySettings) -> Intent:
@@ -256,10 +272,24 @@ def _push(payload: Mapping[str, Any], settings: DeliverySettings) -> Intent:
     if not _SHA.match(after):
         raise PayloadError(f"after: '{after[:80]}' is not a commit id")
     if ref == f"refs/heads/{settings.staging_branch}":
-        return StagingUp(sha=after)
+        return StagingUp(sha=after, clone_url=_clone_url(payload, "repository"))
     if ref == f"refs/heads/{settings.production_branch}":
-        return ProductionUp(sha=after, commits=_commit_ids(payload))
+        return ProductionUp(
+            sha=after, commits=_commit_ids(payload), clone_url=_clone_url(payload, "repository")
+        )
     return Ignored(f"push to {ref} deploys nothing")
+
+
+def _clone_url(payload: Mapping[str, Any], repo_path: str) -> str:
+    """`<repo>.clone_url`, where a build fetches the commit ("" when the payload has none; the
+    build then refuses, a deploy of a prebuilt image does not need it)."""
+    repo = _field(payload, repo_path, dict)
+    url = repo.get("clone_url")
+    if url is None:
+        return ""
+    if not isinstance(url, str) or len(url) > 2000 or not url.isprintable():
+        raise PayloadError(f"{repo_path}.clone_url: not a URL")
+    return url
 
 
 def _commit_ids(payload: Mapping[str, Any]) -> tuple[str, ...]:

@@ -260,7 +260,7 @@ class IntentRunner:
 
     def __call__(self, work: Work) -> None:
         intent = work.intent
-        self._status(work, "pending", f"deploying {_describe(intent)}", None)
+        self._status(work, "pending", f"building and deploying {_describe(intent)}", None)
         try:
             result = self.executor.execute(intent)
         except Exception as exc:  # the executor's failure is reported, not raised
@@ -280,9 +280,8 @@ class IntentRunner:
         if result.ok:
             self._status(work, "success", f"{_describe(intent)} is up", result.url)
         else:
-            self._status(
-                work, "failure", f"deploy failed; ref {ref} in the webhook server's log", None
-            )
+            kind = result.summary or "deploy failed"
+            self._status(work, "failure", f"{kind}; ref {ref} in the webhook server's log", None)
 
     def _status(self, work: Work, state: State, description: str, url: str | None) -> None:
         sha = commit_of(work.intent)
@@ -306,9 +305,11 @@ class WebhookApp:
         queue: OrderedWorkQueue,
         max_body: int = MAX_BODY,
         admission: Admission | None = None,
+        on_queued: Callable[[Intent], None] | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the webhook secret is empty")
+        self.on_queued = on_queued
         self._secret = secret
         self.settings = settings
         self.deliveries = deliveries
@@ -417,6 +418,9 @@ class WebhookApp:
         except QueueFull as exc:
             line["verdict"] = f"queue full ({exc})"
             return 503, "busy; GitHub may redeliver later"
+        if self.on_queued is not None:
+            for intent in actionable:
+                self.on_queued(intent)
         described = ", ".join(_describe(i) for i in actionable)
         line["verdict"] = f"queued {described}"
         return 202, f"accepted: {described}"
@@ -456,6 +460,7 @@ class WebhookServer:
             self.queue,
             max_body,
             Admission(settings, self.pushes, access),
+            getattr(executor, "queued", None),
         )
         self._map: dict[int, Any] = {}
         try:

@@ -75,6 +75,16 @@ def add(message: str) -> None:
         conn.close()
 
 
+def render_page(rows: list[dict[str, Any]]) -> str:
+    """The HTML page of the entries (each message escaped)."""
+    items = "".join(f"<li>{html.escape(r['message'])}</li>" for r in rows)
+    return (
+        f"<!doctype html><title>guestbook {html.escape(VERSION)}</title>"
+        f"<h1>guestbook {html.escape(VERSION)}</h1><ul>{items}</ul>"
+        '<form method="post"><input name="message"><button>add</button></form>\n'
+    )
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "guestbook/" + VERSION
 
@@ -97,14 +107,7 @@ class Handler(BaseHTTPRequestHandler):
                 body = {"version": VERSION, "database": os.environ.get("DB_NAME"), "entries": rows}
                 self._send(200, "application/json", json.dumps(body) + "\n")
             else:
-                items = "".join(f"<li>{html.escape(r['message'])}</li>" for r in rows)
-                self._send(
-                    200,
-                    "text/html; charset=utf-8",
-                    f"<!doctype html><title>guestbook {html.escape(VERSION)}</title>"
-                    f"<h1>guestbook {html.escape(VERSION)}</h1><ul>{items}</ul>"
-                    '<form method="post"><input name="message"><button>add</button></form>\n',
-                )
+                self._send(200, "text/html; charset=utf-8", render_page(rows))
         else:
             self._send(404, "text/plain", "not found\n")
 

@@ -101,6 +101,15 @@ CASES = [
         "no such complete backup",
     ),
     Case("env backups", ("env", "backups"), 2, "no environments section", site="bare"),
+    Case("env logs", ("env", "logs", "--staging"), 2, "no environments section", site="bare"),
+    Case(
+        "env up (build without environments.build)",
+        ("env", "up", "--staging", "--ref", "abc123", "--build"),
+        2,
+        "has no environments.build",
+        site="nobuild",
+    ),
+    Case("env up (build without ref)", ("env", "up", "--staging", "--build"), 2, "--ref SHA"),
     Case("destroy", ("destroy", "--sweep", "--yes"), 2, "--sweep"),
     Case("destroy (answered no)", ("destroy",), 1, "aborted", env=(("CIDEMO_YES", ""),)),
 ]
@@ -128,6 +137,7 @@ def sites(engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory)
     )
     # registrations refreshed at TTL/2 survive a loaded machine better with a longer TTL
     main.data["services"]["galera"]["ttl"] = 30
+    main.data["services"]["registry"] = {"port": free_port()}  # builds place the registry
     main.path.write_text(yaml.safe_dump(main.data))
     files = {"main": main.path}
     bare = {k: v for k, v in main.data.items() if k != "environments"}

@@ -55,6 +55,8 @@ TOKEN = "test-github-token-abcdef"
 HEAD = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
 REPOSITORY = "paulczar/ci-demo"  # the fixtures' repository
 MAINTAINER = "paulczar"  # the fixtures' sender of labels and pushes
+OWN_CLONE = "https://github.com/paulczar/ci-demo.git"  # the fixtures' clone URLs
+FORK_CLONE = "https://github.com/octocat/ci-demo.git"
 
 
 @dataclass
@@ -420,13 +422,13 @@ def test_opened_is_accepted_at_once_and_executed(
     assert status == 202, text
     assert time.monotonic() - started < 0.9, "the answer waited for the executor"
     assert server.wait_idle(5)
-    assert executor.intents() == [PreviewUp(11, HEAD, "paulczar/ci-demo", False)]
+    assert executor.intents() == [PreviewUp(11, HEAD, "paulczar/ci-demo", False, OWN_CLONE)]
 
 
 @pytest.mark.parametrize(
     ("name", "intent"),
     [
-        ("push.development", StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6")),
+        ("push.development", StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6", OWN_CLONE)),
         (
             "push.master",
             ProductionUp(
@@ -435,10 +437,11 @@ def test_opened_is_accepted_at_once_and_executed(
                     "e5bd3914e2e596debea16f433f57875b5b90bcd6",
                     "9049f1265b7d61be4a8904a9a27120d2064dab3b",
                 ),
+                OWN_CLONE,
             ),
         ),
         ("pull_request.closed-unmerged", PreviewDown(12, merged=False)),
-        ("pull_request.labeled-fork", PreviewUp(14, HEAD, "octocat/ci-demo", True)),
+        ("pull_request.labeled-fork", PreviewUp(14, HEAD, "octocat/ci-demo", True, FORK_CLONE)),
     ],
 )
 def test_deliveries_reach_the_executor(
@@ -458,7 +461,7 @@ def test_form_encoded_delivery_is_accepted(
     status, _ = send(server, body, headers)
     assert status == 202
     assert server.wait_idle(5)
-    assert executor.intents() == [StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6")]
+    assert executor.intents() == [StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6", OWN_CLONE)]
 
 
 @pytest.mark.parametrize(
@@ -750,8 +753,11 @@ def bound_site(tmp_path: Path, repository: str | None = REPOSITORY) -> Path:
     """infra/sites/local.yaml with `environments.repository` set (or left out: None)."""
     data = yaml.safe_load((SITES / "local.yaml").read_text())
     envs = data.get("environments") or {}
-    if "build" in envs:  # relative to the site file, which moves
-        envs["build"] = str((SITES / envs["build"]).resolve())
+    build = envs.get("build")
+    if isinstance(build, dict) and "source" in build:  # relative to the site file, which moves
+        build["source"] = str((SITES / build["source"]).resolve())
+    elif isinstance(build, str):
+        envs["build"] = str((SITES / build).resolve())
     if repository is not None:
         data.setdefault("environments", {})["repository"] = repository
     path = tmp_path / "site.yaml"
@@ -979,7 +985,7 @@ def test_fork_label_deploys_only_when_its_sender_may_write(
     assert checks and checks[0].path == f"/repos/{REPOSITORY}/collaborators/mallory/permission"
     assert checks[0].headers["Authorization"] == f"Bearer {TOKEN}"
     if expected == "accepted":
-        assert executor.intents() == [PreviewUp(14, HEAD, "octocat/ci-demo", True)]
+        assert executor.intents() == [PreviewUp(14, HEAD, "octocat/ci-demo", True, FORK_CLONE)]
     else:
         assert "label 'safe-to-deploy' added by 'mallory'" in text
         assert executor.intents() == []
@@ -1004,7 +1010,7 @@ def test_fork_label_is_answered_503_and_forgotten_when_github_does_not_say(
     # GitHub's "Redeliver": the same delivery id, and this time the question is answered
     assert send(server, body, signed(body, "pull_request", delivery))[0] == 202
     assert server.wait_idle(5)
-    assert executor.intents() == [PreviewUp(14, HEAD, "octocat/ci-demo", True)]
+    assert executor.intents() == [PreviewUp(14, HEAD, "octocat/ci-demo", True, FORK_CLONE)]
 
 
 @pytest.mark.parametrize("listed", [True, False])
@@ -1022,7 +1028,7 @@ def test_fork_label_without_a_token_needs_the_allow_list(
         srv.stop(drain_timeout=5)
     assert status == 202
     if listed:
-        assert executor.intents() == [PreviewUp(14, HEAD, "octocat/ci-demo", True)]
+        assert executor.intents() == [PreviewUp(14, HEAD, "octocat/ci-demo", True, FORK_CLONE)]
     else:
         assert text.startswith("refused:") and "authorized_logins" in text, text
         assert executor.intents() == []
@@ -1189,7 +1195,7 @@ def test_slow_clients_cannot_keep_a_signed_delivery_out(
             sock.close()
         srv.stop(drain_timeout=5)
     assert answer[0] == 202, answer
-    assert executor.intents() == [StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6")]
+    assert executor.intents() == [StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6", OWN_CLONE)]
     assert held <= 16, f"127.0.0.2 holds {held} connections"
 
 

@@ -28,10 +28,10 @@ GITHUB = REPO / "tests" / "data" / "github"
 GWT = "org.jenkinsci.plugins.gwt."
 
 EXPECTED = {
-    "cidemo-pr-preview": ("cidemo env up --pr ", {"PR", "SHA", "IMAGE", "CIDEMO_SITE"}),
+    "cidemo-pr-preview": ("cidemo env up --pr ", {"PR", "SHA", "CIDEMO_SITE"}),
     "cidemo-pr-close": ("cidemo env down --pr ", {"PR", "CIDEMO_SITE"}),
-    "cidemo-staging-deploy": ("cidemo env up --staging ", {"SHA", "IMAGE", "CIDEMO_SITE"}),
-    "cidemo-production-deploy": ("cidemo env promote ", {"SHA", "CIDEMO_SITE"}),
+    "cidemo-staging-deploy": ("cidemo env up --staging ", {"SHA", "CIDEMO_SITE"}),
+    "cidemo-production-deploy": ("cidemo env up --production ", {"SHA", "CIDEMO_SITE"}),
     "UPDATE_STAGING_DATABASE": ("cidemo env refresh-staging ", {"CIDEMO_SITE"}),
 }
 SECRET_LOOKING = [
@@ -112,6 +112,21 @@ def test_one_shell_builder_calling_cidemo(jobs: dict[str, ET.Element], name: str
     prefix, _ = EXPECTED[name]
     assert calls[0].startswith("exec " + prefix), calls[0]
     assert '--site "$CIDEMO_SITE"' in calls[0]
+
+
+@pytest.mark.parametrize(
+    "name", ["cidemo-pr-preview", "cidemo-staging-deploy", "cidemo-production-deploy"]
+)
+def test_deploying_jobs_take_the_build_path_of_the_webhook(
+    jobs: dict[str, ET.Element], name: str
+) -> None:
+    """The same path as `cidemo webhook serve`: the commit is built from source here (fetched by
+    SHA, built, tested, pushed to the site registry), never an image from elsewhere."""
+    (call,) = [ln for ln in _command(jobs[name]).splitlines() if "cidemo " in ln]
+    words = call.split()
+    assert "--build" in words and words[words.index("--ref") + 1] == '"$SHA"', call
+    assert "--image" not in words and "--source" not in words, call
+    assert "IMAGE" not in _params(jobs[name])
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -21,6 +21,7 @@ LAYERS = {
     "databases": 1,
     "backups": 1,
     "platforms": 2,
+    "builds": 2,
     "pipeline": 3,
     "webhook": 4,
     "cli": 5,

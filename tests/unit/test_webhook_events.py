@@ -29,6 +29,8 @@ DATA = REPO / "tests" / "data" / "github"
 SETTINGS = DeliverySettings()
 HEAD = "6dcb09b5b57875f334f61aebed695e2e4193db5e"
 HEAD2 = "a3b5c7d9e1f20314253647586970a1b2c3d4e5f6"
+OWN = "https://github.com/paulczar/ci-demo.git"
+FORK = "https://github.com/octocat/ci-demo.git"
 
 
 def payload(name: str) -> dict[str, Any]:
@@ -42,13 +44,13 @@ def event_of(name: str) -> str:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("pull_request.opened", [PreviewUp(11, HEAD, "paulczar/ci-demo", False)]),
-        ("pull_request.synchronize", [PreviewUp(11, HEAD2, "paulczar/ci-demo", False)]),
-        ("pull_request.reopened", [PreviewUp(11, HEAD2, "paulczar/ci-demo", False)]),
+        ("pull_request.opened", [PreviewUp(11, HEAD, "paulczar/ci-demo", False, OWN)]),
+        ("pull_request.synchronize", [PreviewUp(11, HEAD2, "paulczar/ci-demo", False, OWN)]),
+        ("pull_request.reopened", [PreviewUp(11, HEAD2, "paulczar/ci-demo", False, OWN)]),
         ("pull_request.closed-merged", [PreviewDown(11, merged=True)]),
         ("pull_request.closed-unmerged", [PreviewDown(12, merged=False)]),
-        ("pull_request.labeled-fork", [PreviewUp(14, HEAD, "octocat/ci-demo", True)]),
-        ("push.development", [StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6")]),
+        ("pull_request.labeled-fork", [PreviewUp(14, HEAD, "octocat/ci-demo", True, FORK)]),
+        ("push.development", [StagingUp("e5bd3914e2e596debea16f433f57875b5b90bcd6", OWN)]),
         (
             "push.master",
             [
@@ -58,6 +60,7 @@ def event_of(name: str) -> str:
                         "e5bd3914e2e596debea16f433f57875b5b90bcd6",
                         "9049f1265b7d61be4a8904a9a27120d2064dab3b",
                     ),
+                    OWN,
                 )
             ],
         ),
@@ -110,7 +113,7 @@ def test_configured_fork_label_is_the_one_that_counts() -> None:
     assert isinstance(intent, Ignored)
     data["label"]["name"] = "ok-to-preview"
     assert map_event("pull_request", data, settings) == [
-        PreviewUp(14, HEAD, "octocat/ci-demo", True)
+        PreviewUp(14, HEAD, "octocat/ci-demo", True, FORK)
     ]
 
 
@@ -143,7 +146,7 @@ def test_allow_listed_login_is_trusted() -> None:
     data["pull_request"]["author_association"] = "CONTRIBUTOR"
     settings = DeliverySettings(authorized_logins=("tompscanlan",))
     assert map_event("pull_request", data, settings) == [
-        PreviewUp(11, HEAD, "paulczar/ci-demo", False)
+        PreviewUp(11, HEAD, "paulczar/ci-demo", False, OWN)
     ]
 
 
@@ -261,7 +264,7 @@ def test_non_object_payload_is_refused(body: Any) -> None:
 
 
 def test_ordering_keys_group_a_pull_request() -> None:
-    up = PreviewUp(11, HEAD, "paulczar/ci-demo", False)
+    up = PreviewUp(11, HEAD, "paulczar/ci-demo", False, OWN)
     assert ordering_key(up) == ordering_key(PreviewDown(11, True)) == "pr-11"
     assert ordering_key(PreviewDown(12, True)) != "pr-11"
     assert ordering_key(StagingUp(HEAD)) == "staging"
@@ -348,3 +351,10 @@ def test_events_of_another_repository_are_ignored_with_the_reason(name: str, eve
 def test_repository_names_compare_without_case() -> None:
     bound = DeliverySettings(repository="PaulCzar/CI-Demo")
     assert isinstance(map_event("push", payload("push.master"), bound)[0], ProductionUp)
+
+
+def test_clone_url_that_is_not_text_is_a_bad_payload() -> None:
+    data = payload("push.development")
+    data["repository"]["clone_url"] = {"x": 1}
+    with pytest.raises(PayloadError, match=r"repository\.clone_url"):
+        map_event("push", data, SETTINGS)
