@@ -21,6 +21,7 @@ import yaml
 
 from cidemo_infra.engines import ENGINE_ERRORS, negotiated_client
 from cidemo_infra.errors import EngineError
+from cidemo_infra.placement import firewall
 from cidemo_infra.registry.keys import EtcdTls, Registry
 from tests.conftest import Run, need, run_cidemo
 
@@ -114,6 +115,7 @@ def remove_site(clients: list[docker.DockerClient], name: str) -> None:
             n.remove()
         for v in client.volumes.list(filters=flt):
             v.remove(force=True)
+    firewall.remove(name)  # provision installed the site's chains on this machine
 
 
 @pytest.fixture
