@@ -92,6 +92,9 @@ class NodeContext:
     deis_version: str = "v1.12.2"
     flannel_network: str = "10.244.0.0/16"
     site_network: str = ""  # the private network's CIDR (the apps' firewall); "" = the members
+    # host:port of the site's image registry (sites that build): the node's engine trusts the
+    # site CA for it (/etc/docker/certs.d/<address>/ca.crt); "" = no registry
+    registry_address: str = ""
 
 
 def render_user_data(ctx: NodeContext, templates_dir: Path | None = None) -> str:
@@ -215,6 +218,7 @@ def _template_variables(ctx: NodeContext, template_name: str) -> dict[str, Any]:
             )
 
     ssh_keys = _ssh_keys(template_name, ctx.ssh_authorized_keys)
+    registry = _registry_address(template_name, ctx.registry_address)
     ca_pem = _pem(template_name, "docker_ca_pem", ctx.docker_ca_pem, "CERTIFICATE")
     cert_pem = _pem(
         template_name, "docker_server_cert_pem", ctx.docker_server_cert_pem, "CERTIFICATE"
@@ -276,6 +280,7 @@ def _template_variables(ctx: NodeContext, template_name: str) -> dict[str, Any]:
         "docker_server_cert_pem": cert_pem,
         "docker_server_key_pem": key_pem,
         "docker_tls_dir": DOCKER_TLS_DIR,
+        "registry_address": registry,
         "docker_opts": " ".join(docker_opts),
         "etcd": etcd,
         "fence": fence,
@@ -336,6 +341,17 @@ def _members(template_name: str, members: object) -> tuple[EtcdMember, ...]:
     if len(set(names)) != len(names) or len(set(ips)) != len(ips):
         raise _fail(template_name, f"members: names and addresses must be unique, got {checked}")
     return tuple(checked)
+
+
+def _registry_address(template_name: str, value: object) -> str:
+    """ "" or `<IPv4>:<port>`: the folder name dockerd looks up in /etc/docker/certs.d."""
+    if value == "":
+        return ""
+    host, _, port = str(value).rpartition(":")
+    _private_ip(template_name, "registry_address", host)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _fail(template_name, f"registry_address {value!r}: expected <private IPv4>:<port>")
+    return f"{host}:{int(port)}"
 
 
 def _flannel_network(template_name: str, value: object) -> ipaddress.IPv4Network:

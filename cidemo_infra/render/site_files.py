@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from cidemo_infra import image_registry
 from cidemo_infra.data import TERRAFORM_MODULE
 from cidemo_infra.errors import RenderError
 from cidemo_infra.inventory import Inventory
@@ -56,6 +57,10 @@ def render_site(site: Site, state: StateDir, site_path: str) -> list[Path]:
         ETCD_COMPONENTS,
     )
     members = tuple(EtcdMember(n.name, str(ips[n.name])) for n in site.nodes_of("deis"))
+    registry = ""
+    if image_registry.is_placed(site):  # every node pulls the site's builds from it
+        standalone = site.nodes_of("standalone")[0]
+        registry = f"{ips[standalone.name]}:{site.services.registry.port}"
     rendered: dict[str, str] = {}
     for node in site.nodes:
         ca, cert, key = pki.server_pems(node.name)
@@ -72,6 +77,7 @@ def render_site(site: Site, state: StateDir, site_path: str) -> list[Path]:
             docker_server_cert_pem=cert,
             docker_server_key_pem=key,
             site_network=str(site.network.cidr),
+            registry_address=registry,
         )
         try:
             rendered[node.name] = render_user_data(ctx)

@@ -408,10 +408,10 @@ def semantic_problems(site: Site) -> list[str]:
             f"environments.image: '{envs.image}' has the unknown placeholder {{{unknown[0]}}}; "
             "valid: {app}, {sha}"
         )
-    if envs.build and site.target != "local":
+    if envs.build and envs.build.source and site.target != "local":
         problems.append(
-            "environments.build: only for target local (a cloud runs images from a registry; "
-            "build and push them in the app's CI)"
+            "environments.build.source: only for target local (a cloud builds from the "
+            "repository: give environments.build.repository_url or environments.repository)"
         )
     container = envs.backup_container
     if container and ("/" in container or len(container.encode()) > 256):

@@ -390,6 +390,9 @@ def test_missing_header_is_a_render_error(pki: Pki, tmp_path: Path) -> None:
         ({"flannel_network": "10.244.0.0/24"}, "wider than"),
         ({"ssh_authorized_keys": ("-----BEGIN OPENSSH PRIVATE KEY-----",)}, "public key"),
         ({"docker_server_key_pem": "not a key"}, "docker_server_key_pem"),
+        ({"registry_address": "10.42.0.13"}, "registry_address"),
+        ({"registry_address": "8.8.8.8:5000"}, "not a private address"),
+        ({"registry_address": "10.42.0.13:5000/../../x"}, "registry_address"),
         (
             {"docker_ca_pem": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"},
             "docker_ca_pem",
@@ -541,3 +544,15 @@ def test_flatcar_nodes_fence_the_apps_network_on_input_and_docker_user(pki: Pki,
     assert "-i docker_gwbridge" in forward[0] and "REJECT" in forward[0]
     (inbound,) = [ln for ln in starts if f"-A {chains.input} " in ln]
     assert "-i docker_gwbridge" in inbound and ports in inbound
+
+
+@pytest.mark.parametrize(("profile", "role"), CASES)
+def test_nodes_trust_the_site_ca_for_the_site_registry(pki: Pki, profile: str, role: str) -> None:
+    """Every node's engine pulls the site's builds: the site CA for that one registry only."""
+    text, doc = render(pki, profile, role, registry_address="10.42.0.13:5000")
+    assert errors(check_cloud_config(text, SCHEMA, profile)) == []
+    trusted = files(doc)["/etc/docker/certs.d/10.42.0.13:5000/ca.crt"]
+    assert trusted["content"].strip() == pki.server_pems("deis-2")[0].strip()
+    assert trusted["permissions"] == "0644"
+    _, without = render(pki, profile, role)
+    assert not [p for p in files(without) if p.startswith("/etc/docker/certs.d/")]

@@ -199,3 +199,33 @@ def test_the_example_key_is_a_real_public_key() -> None:
 
     text = (SITES / "example-key.pub").read_text().split()
     assert serialization.load_ssh_public_key(" ".join(text[:2]).encode())
+
+
+@pytest.mark.parametrize("builds", [True, False])
+def test_nodes_trust_the_site_registry_only_where_the_site_builds(
+    tmp_path: Path, cidemo, builds: bool
+) -> None:
+    """Every node pulls the builds from the standalone node's registry: its engine trusts the site
+    CA for that address (dockerd's certs.d), and for nothing where the site does not build."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["ssh"] = {"public_key_file": str(SITES / "example-key.pub")}
+    data["environments"] = {"app": "guestbook", "image": "guestbook:{sha}"}
+    if builds:
+        data["environments"]["build"] = {"repository_url": "https://git.example.com/guestbook.git"}
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(data))
+    result = cidemo("render", "--site", str(site), "--state-dir", str(tmp_path / "state"))
+    assert result.rc == 0, result.err
+    ca = (tmp_path / "state" / "tls" / "ca.pem").read_text().strip()
+    for path in [Path(p) for p in result.out.split()[1:]]:
+        trusted = [
+            f
+            for f in yaml.safe_load(path.read_text())["write_files"]
+            if f["path"].startswith("/etc/docker/certs.d/")
+        ]
+        if not builds:
+            assert trusted == [], path.name
+            continue
+        standalone = "10.42.0.14:5000"  # standalone-1's private address, the registry's port
+        assert [f["path"] for f in trusted] == [f"/etc/docker/certs.d/{standalone}/ca.crt"]
+        assert trusted[0]["content"].strip() == ca
