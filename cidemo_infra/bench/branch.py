@@ -10,7 +10,7 @@ alone takes minutes on Galera). Per size, in one run:
   the product's before branches), each timed until every member applied it;
 - disk of one branch (the container's upper layer, `SizeRw`): when its server answers, after
   one SELECT per table, after 1 MiB more of rows;
-- ten branches at once against one.
+- ten branches at once against one (up to 100 MB: ten of 1 GB would copy 10 GB).
 Once: the memory of one idle preview (its database container and its app task, the cgroups'
 usage less their inactive file cache) and from it, and from the limits, the previews an 8 GiB
 node holds beside one Galera member (its own measured memory, or its reservation if larger).
@@ -25,6 +25,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +47,24 @@ from cidemo_infra.state import StateDir
 REPO = Path(__file__).resolve().parents[2]
 GUESTBOOK = REPO / "examples" / "guestbook"
 LARGE = os.environ.get("CIDEMO_BENCH_LARGE") == "1"
-SIZES_MB = (100, 1000) if LARGE else (100,)
+SIZES_MB: tuple[int, ...] = (100, 1000) if LARGE else (100,)
+if os.environ.get("CIDEMO_BENCH_BRANCH_MB"):  # a quick look at other sizes, e.g. "10"
+    SIZES_MB = tuple(int(x) for x in os.environ["CIDEMO_BENCH_BRANCH_MB"].split(","))
+AT_ONCE_UP_TO_MB = 100  # ten branches of 1 GB would copy 10 GB into their layers: not run
 REPEATS = 3  # the engine is shared: the best of three is the least disturbed
 AT_ONCE = 10
 NODE_MB = 8192
 OS_MB = 512  # the node's own: kernel, dockerd, containerd, etcd
 PR_BASE = 9100
 MIB = 1 << 20
+GROW_ROWS = 2000
 
 
-def run(site_path: Path, state_dir: Path) -> tuple[list[list[str]], list[str]]:
-    """Rows `[measurement, cidemo, baseline, ratio]` and summary lines."""
+def run(
+    site_path: Path, state_dir: Path, emit: Callable[[list[list[str]]], None] | None = None
+) -> tuple[list[list[str]], list[str]]:
+    """Rows `[measurement, cidemo, baseline, ratio]` and summary lines; `emit` gets each
+    section's rows as soon as they are measured."""
     site = load_site(site_path)
     state = StateDir(state_dir, site.name)
     rows: list[list[str]] = []
@@ -75,16 +83,25 @@ def run(site_path: Path, state_dir: Path) -> tuple[list[list[str]], list[str]]:
                 bench_clone._defaults_file(box, password, proxy, PROXY_RW_PORT) as cnf,
             ):
                 for mb in SIZES_MB:
-                    rows += _size(
+                    measured = _size(
                         ctx, conn, client, placement, (box, cnf), [member, *others], mb, notes
                     )
-            rows += _memory(ctx, client, placement, member, notes)
+                    rows += _emitted(emit, measured)
+            rows += _emitted(emit, _memory(ctx, client, placement, member, notes))
         finally:
             _remove_branches(ctx)
             for db in (stage, f"{stage}_copy"):
                 execute(conn, f"DROP DATABASE IF EXISTS {quote_ident(db)}")
             conn.close()
     return rows, notes
+
+
+def _emitted(
+    emit: Callable[[list[list[str]]], None] | None, rows: list[list[str]]
+) -> list[list[str]]:
+    if emit is not None:
+        emit(rows)
+    return rows
 
 
 def _size(
@@ -98,7 +115,9 @@ def _size(
     notes: list[str],
 ) -> list[list[str]]:
     stage = operations.staging_database(ctx.app)
-    count = bench_clone._generate(conn, stage, mb << 20)
+    count = bench_clone._generate(conn, stage, min(mb, 100) << 20)
+    if mb > 100:
+        count = _grow(conn, stage, mb // 100)
     execute(conn, f"CREATE TABLE {quote_ident(stage)}.tags (id INT PRIMARY KEY, name TEXT)")
     execute(conn, f"INSERT INTO {quote_ident(stage)}.tags VALUES (1, 'bench'), (2, 'branch')")
     stored = bench_clone._stored_mb(conn, stage)
@@ -109,26 +128,37 @@ def _size(
     repeats = REPEATS if mb < 1000 else 1
 
     branch_times: list[float] = []
+    up_times: list[float] = []
     disk: dict[str, float] = {}
     for i in range(REPEATS):
-        seconds, made = _branch(
+        up, seconds, made = _branch(
             ctx, client, placement, snap, PR_BASE + i, tables, disk if i == 0 else None
         )
         branch_times.append(seconds)
+        up_times.append(up)
         branches.remove({placement.engine: client}, ctx.site.name, made)
     one = min(branch_times)
+    print(
+        f"bench: {mb} MB: branches up {up_times}, ready {branch_times}, disk {disk}",
+        file=sys.stderr,
+        flush=True,
+    )
 
-    with concurrent.futures.ThreadPoolExecutor(AT_ONCE) as pool:
-        started = time.monotonic()
-        made_many = list(
-            pool.map(
-                lambda i: _branch(ctx, client, placement, snap, PR_BASE + 20 + i, tables, None)[1],
-                range(AT_ONCE),
+    many = float("nan")
+    if mb <= AT_ONCE_UP_TO_MB:
+        with concurrent.futures.ThreadPoolExecutor(AT_ONCE) as pool:
+            started = time.monotonic()
+            made_many = list(
+                pool.map(
+                    lambda i: _branch(ctx, client, placement, snap, PR_BASE + 20 + i, tables, None)[
+                        2
+                    ],
+                    range(AT_ONCE),
+                )
             )
-        )
-        many = time.monotonic() - started
-    for env in made_many:
-        branches.remove({placement.engine: client}, ctx.site.name, env)
+            many = time.monotonic() - started
+        for env in made_many:
+            branches.remove({placement.engine: client}, ctx.site.name, env)
 
     target = f"{stage}_copy"
     box, cnf = tool
@@ -151,18 +181,14 @@ def _size(
     for name, way in (("dump", dump), ("chunked", chunked)):
         best = float("inf")
         for _ in range(repeats):
-            bench_clone._settle(members)
-            started = time.monotonic()
-            way()
-            bench_clone._settle(members)
-            best = min(best, time.monotonic() - started)
-            execute(conn, f"DROP DATABASE IF EXISTS {quote_ident(target)}")
+            best = min(best, _timed_copy(way, conn, members, target))
         baselines[name] = best
     execute(conn, f"DROP DATABASE IF EXISTS {quote_ident(stage)}")
 
     label = f"{mb} MB staging ({count} posts, {stored:.0f} MB in InnoDB)"
     notes.append(
-        f"{label}: snapshot taken in {snapshot_s:.1f} s; a branch ready in {one:.2f} s, "
+        f"{label}: snapshot taken in {snapshot_s:.1f} s; a branch's server answers its user in "
+        f"{min(up_times):.2f} s, ready (a row of every table) in {one:.2f} s, "
         f"{baselines['dump'] / one:.1f}x faster than mysqldump | mysql, "
         f"{baselines['chunked'] / one:.1f}x faster than the chunked copy; ten at once "
         f"{many / one:.2f}x one (goals: <= 2 s, >= 10x at 1 GB, <= 3x)"
@@ -195,6 +221,48 @@ def _size(
     ]
 
 
+def _timed_copy(way: Callable[[], None], conn: Any, members: list[Any], target: str) -> float:
+    """One copy, timed until every member applied it; a copy the loaded machine broke (the
+    proxy losing a member's registration for a moment) is dropped and run again, twice at most."""
+    for attempt in range(3):
+        bench_clone._settle(members)
+        started = time.monotonic()
+        try:
+            way()
+            bench_clone._settle(members)
+            return time.monotonic() - started
+        except Exception as exc:
+            if attempt == 2:
+                raise
+            print(f"bench: a copy failed ({exc}); again", file=sys.stderr, flush=True)
+            time.sleep(5)
+        finally:
+            with contextlib.suppress(Exception):
+                execute(conn, f"DROP DATABASE IF EXISTS {quote_ident(target)}")
+    raise AssertionError("unreachable")
+
+
+def _grow(conn: Any, database: str, times: int) -> int:
+    """The posts `times` over, copied on the server in chunks of GROW_ROWS (a write-set of
+    about 10 MB each; generating 1 GB row by row from here takes half an hour on Galera)."""
+    posts = f"{quote_ident(database)}.posts"
+    (top,) = fetch_rows(conn, f"SELECT MAX(id) FROM {posts}")[0]
+    columns = (
+        "featured, status, language, meta_description, author_id, created_at, updated_at, "
+        "published_at"
+    )
+    for copy in range(1, times):
+        for low in range(0, int(top), GROW_ROWS):
+            execute(
+                conn,
+                f"INSERT INTO {posts} (uuid, title, slug, markdown, html, {columns}) "
+                f"SELECT UUID(), title, CONCAT(slug, '-{copy}'), markdown, html, {columns} "
+                f"FROM {posts} WHERE id > %s AND id <= %s",
+                (low, low + GROW_ROWS),
+            )
+    return int(fetch_rows(conn, f"SELECT COUNT(*) FROM {posts}")[0][0])
+
+
 def _branch(
     ctx: operations.EnvContext,
     client: docker.DockerClient,
@@ -203,8 +271,9 @@ def _branch(
     pr: int,
     tables: list[str],
     disk: dict[str, float] | None,
-) -> tuple[float, str]:
-    """Time from create until the app user read a row of every table; the env's name."""
+) -> tuple[float, float, str]:
+    """Seconds from create until the server answered (its user exists), and until the app user
+    read a row of every table; the env's name."""
     env = names.preview(pr, ctx.app).name
     user, password = f"pr_{pr}", secrets.token_urlsafe(18)
     limits = ctx.site.environments.preview_limits.database
@@ -221,6 +290,7 @@ def _branch(
         password=password,
         limits=branches.Limits(limits.cpus, limits.memory_mb),
     )
+    up = time.monotonic() - started
     box = client.containers.get(made.container)
     if disk is not None:
         disk["up"] = _size_rw(client, box.id)
@@ -242,7 +312,7 @@ def _branch(
         )
         box.exec_run(["mariadb", "-D", stage, "-e", write])
         disk["written"] = _size_rw(client, box.id)
-    return seconds, env
+    return up, seconds, env
 
 
 def _size_rw(client: docker.DockerClient, container: str) -> float:
@@ -343,7 +413,12 @@ def _remove_branches(ctx: operations.EnvContext) -> None:
 def main() -> None:
     """`python -m cidemo_infra.bench.branch SITE STATE_DIR`: this section alone, on a
     provisioned site of one's own (it replaces that site's staging database and snapshots)."""
-    rows, notes = run(Path(sys.argv[1]), Path(sys.argv[2]))
+
+    def emit(rows: list[list[str]]) -> None:
+        for row in rows:
+            print(" | ".join(row), flush=True)
+
+    rows, notes = run(Path(sys.argv[1]), Path(sys.argv[2]), emit)
     reporter = Reporter()
     reporter.table(["measurement", "cidemo", "baseline (same run)", "ratio"], rows)
     for line in notes:

@@ -4,7 +4,8 @@ A snapshot is taken without blocking staging's writes: `mariadb-dump --single-tr
 staging's database alone, through the proxy, into a throwaway MariaDB (the "builder": a container
 of the Galera image with Galera off) whose datadir is in the container's own filesystem, not a
 volume. The builder shuts down cleanly (slow shutdown: purged, redo log of 4 MiB), and `docker
-commit` makes it an image `cidemo-snapshot/<site>-<env>:<kind>-<taken>`. A preview's database is
+commit` makes it an image `cidemo-snapshot/<site>-<env>:<kind>-<taken>`; the kinds of one refresh
+come from one dump, one commit each. A preview's database is
 a container of that image: its writes go to the container's own upper layer (overlay2), the
 snapshot's files stay shared.
 
@@ -60,7 +61,7 @@ SCRIPT_FILE = "/root/cidemo-fork.sql"
 NO_VOLUME = {"/var/lib/mysql": "size=64k"}
 NO_HEALTHCHECK = {"test": ["NONE"]}
 READY_TIMEOUT = 120.0
-DUMP_TIMEOUT = 3600.0
+DUMP_ATTEMPTS = 3
 
 # Small files for the branches' startup: a 4 MiB redo log and a system tablespace grown 1 MiB at
 # a time, since the first open for writing copies a file into the container's upper layer whole.
@@ -266,20 +267,25 @@ def take(
     site: str,
     env: str,
     database: str,
-    kind: str,
+    kinds: Sequence[str],
     source: Source,
     script: str | None = None,
     database_exists: bool = True,
-) -> Snapshot:
-    """Build a snapshot of `database` of this `kind` on `client`'s engine; returns it. Staging's
-    writes are never blocked: the dump reads one consistent InnoDB snapshot. A missing staging
-    database gives an empty one of that name (a preview of a site with no staging data yet)."""
+) -> list[Snapshot]:
+    """Snapshots of `database` of each of `kinds`, all from one dump, built on `client`'s engine.
+    Staging's writes are never blocked: the dump is one consistent InnoDB read. A missing
+    staging database gives an empty one of that name (a site with no staging data yet)."""
     validate_database_name(database)
-    if kind not in KINDS:
-        raise ValueError(f"snapshot kind {kind!r}; valid: {', '.join(KINDS)}")
-    if kind in ("seed", "anonymised") and not script:
-        raise DatabaseError(f"a {kind} snapshot needs environments.fork_script")
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"snapshot kinds {list(kinds)!r}; valid: {', '.join(KINDS)}")
+    if {"seed", "anonymised"} & set(kinds) and not script:
+        raise DatabaseError("a seed or anonymised snapshot needs environments.fork_script")
+    # rows first (full, then anonymised rewrites them), then without rows (schema, then seed)
+    order = [k for k in ("full", "anonymised", "schema", "seed") if k in kinds]
+    with_rows = bool({"full", "anonymised"} & set(kinds))
     taken = taken_now()
+    made: list[Snapshot] = []
     with _builder(client, image, site, source.network) as box:
         _exec(
             box,
@@ -294,79 +300,120 @@ def take(
             "mariadb-install-db",
         )
         # the load runs with a bigger pool and redo log than a branch gets
-        box.exec_run(
-            [
-                "mariadbd",
-                "--user=mysql",
-                "--innodb-buffer-pool-size=256M",
-                "--innodb-log-file-size=64M",
-                "--skip-networking",
-            ],
-            detach=True,
-        )
-        _wait_for_server(box)
-        _load(box, database, kind, source, script, database_exists)
+        _start_server(box, "--innodb-buffer-pool-size=256M", "--innodb-log-file-size=64M")
+        _load(box, database, source, with_rows, database_exists)
+        # then the branches' own settings: the redo log shrinks to 4 MiB before any commit
         _stop_server(box)
-        # once more with the branch's settings: the redo log shrinks to 4 MiB before the commit
-        box.exec_run(["mariadbd", "--user=mysql", "--skip-networking"], detach=True)
-        _wait_for_server(box)
-        _stop_server(box)
-        _exec(box, ["rm", "-f", CLIENT_CNF, SCRIPT_FILE], "remove the client file")
-        if box.exec_run(["test", "-e", CLIENT_CNF]).exit_code == 0:
-            raise DatabaseError("snapshot builder: the client file is still there; not committing")
-        box.stop(timeout=5)
-        labels = labels_for(site, env, database, kind, taken)
-        repo = repository(site, env)
-        tag = f"{kind}-{taken}"
-        changes = [f'ENTRYPOINT ["{START}"]', "CMD []", "USER root"]
-        changes += [f'LABEL {k}="{v}"' for k, v in labels.items()]
-        try:
-            committed = box.commit(repository=repo, tag=tag, changes=changes)
-        except ENGINE_ERRORS as exc:
-            raise DatabaseError(f"snapshot: docker commit failed: {exc}") from None
+        _start_server(box)
+        rows_gone = not with_rows
+        for kind in order:
+            if kind in ("schema", "seed") and not rows_gone:
+                _truncate_all(box, database)
+                rows_gone = True
+            if kind in ("seed", "anonymised"):
+                _run_script(box, database, script or "")
+            _stop_server(box)
+            made.append(_commit(box, site, env, database, kind, taken))
+            if kind != order[-1]:
+                _start_server(box)
+    return made
+
+
+def _start_server(box: Any, *options: str) -> None:
+    box.exec_run(["mariadbd", "--user=mysql", "--skip-networking", *options], detach=True)
+    _wait_for_server(box)
+
+
+def _commit(box: Any, site: str, env: str, database: str, kind: str, taken: str) -> Snapshot:
+    if box.exec_run(["test", "-e", CLIENT_CNF]).exit_code == 0:
+        raise DatabaseError("snapshot builder: the client file is still there; not committing")
+    labels = labels_for(site, env, database, kind, taken)
+    repo, tag = repository(site, env), f"{kind}-{taken}"
+    changes = [f'ENTRYPOINT ["{START}"]', "CMD []", "USER root"]
+    changes += [f'LABEL {k}="{v}"' for k, v in labels.items()]
+    try:
+        committed = box.commit(repository=repo, tag=tag, changes=changes)
+    except ENGINE_ERRORS as exc:
+        raise DatabaseError(f"snapshot: docker commit failed: {exc}") from None
     return Snapshot(f"{repo}:{tag}", str(committed.id), kind, database, taken)
 
 
-def _load(
-    box: Any, database: str, kind: str, source: Source, script: str | None, exists: bool
-) -> None:
-    files = {
-        CLIENT_CNF.lstrip("/"): (
-            client_cnf(source.host, source.port, source.password).encode(),
-            0o600,
-        )
-    }
-    if script:
-        files[SCRIPT_FILE.lstrip("/")] = (script.encode(), 0o600)
-    box.put_archive("/", _tar(files))
+def _load(box: Any, database: str, source: Source, with_rows: bool, exists: bool) -> None:
+    cnf = client_cnf(source.host, source.port, source.password).encode()
+    box.put_archive("/", _tar({CLIENT_CNF.lstrip("/"): (cnf, 0o600)}))
+    try:
+        for attempt in range(DUMP_ATTEMPTS):
+            try:
+                _dump(box, database, with_rows, exists)
+                return
+            except DatabaseError:
+                if attempt == DUMP_ATTEMPTS - 1:
+                    raise
+                time.sleep(3)  # the proxy between two registrations of its members: again
+    finally:
+        box.exec_run(["rm", "-f", CLIENT_CNF])
+
+
+def _dump(box: Any, database: str, with_rows: bool, exists: bool) -> None:
     _exec(
         box,
-        ["mariadb", "-e", f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4"],
+        [
+            "mariadb",
+            "-e",
+            f"DROP DATABASE IF EXISTS `{database}`; "
+            f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4",
+        ],
         "create the database",
     )
-    if exists:
-        no_data = " --no-data" if kind in ("schema", "seed") else ""
-        # one consistent read of staging (no locks), its definers dropped: a cluster account
-        # means nothing in a branch, and no user name leaves the cluster
-        _exec(
-            box,
-            [
-                "bash",
-                "-c",
-                "set -o pipefail; "
-                f"mariadb-dump --defaults-extra-file={CLIENT_CNF} --single-transaction --quick "
-                f"--skip-lock-tables --routines --triggers --events --hex-blob{no_data} "
-                f"{database} | sed -E 's/ DEFINER=`[^`]*`@`[^`]*`//g' "
-                f"| mariadb --binary-mode {database}",
-            ],
-            f"dump of {database} into the builder",
-        )
-    if script:
+    if not exists:
+        return
+    no_data = "" if with_rows else " --no-data"
+    # one consistent read of staging (no locks), its definers dropped: a cluster account
+    # means nothing in a branch, and no user name leaves the cluster
+    _exec(
+        box,
+        [
+            "bash",
+            "-c",
+            "set -o pipefail; "
+            f"mariadb-dump --defaults-extra-file={CLIENT_CNF} --single-transaction "
+            f"--quick --skip-lock-tables --routines --triggers --events --hex-blob"
+            f"{no_data} {database} | sed -E 's/ DEFINER=`[^`]*`@`[^`]*`//g' "
+            f"| mariadb --binary-mode {database}",
+        ],
+        f"dump of {database} into the builder",
+    )
+
+
+def _truncate_all(box: Any, database: str) -> None:
+    listed = _exec(
+        box,
+        [
+            "mariadb",
+            "-N",
+            "-B",
+            "-e",
+            "SELECT CONCAT('TRUNCATE TABLE `', REPLACE(TABLE_NAME, '`', '``'), '`;') "
+            f"FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{database}' "
+            "AND TABLE_TYPE = 'BASE TABLE'",
+        ],
+        "list the tables",
+    )
+    if listed.strip():
+        statements = "SET FOREIGN_KEY_CHECKS = 0;\n" + listed
+        _exec(box, ["mariadb", database, "-e", statements], "empty the tables")
+
+
+def _run_script(box: Any, database: str, script: str) -> None:
+    box.put_archive("/", _tar({SCRIPT_FILE.lstrip("/"): (script.encode(), 0o600)}))
+    try:
         _exec(
             box,
             ["bash", "-c", f"mariadb --binary-mode {database} < {SCRIPT_FILE}"],
             "environments.fork_script",
         )
+    finally:
+        box.exec_run(["rm", "-f", SCRIPT_FILE])
 
 
 def ship(

@@ -312,7 +312,7 @@ def snapshot(site_path: str, state_dir: str | None, kinds: tuple[str, ...], dry_
                     f"would take a {kind} snapshot of {operations.staging_database(ctx.app)}"
                 )
             return
-        taken = [operations.take_snapshot(ctx, kind) for kind in chosen]
+        taken = operations.take_snapshots(ctx, chosen)
     for snap in taken:
         click.echo(snap.ref)
 

@@ -41,7 +41,7 @@ from cidemo_infra.databases import branches, capacity, database, snapshots
 from cidemo_infra.envs import names, records
 from cidemo_infra.envs.locks import env_lock, previews_lock, snapshot_lock
 from cidemo_infra.envs.names import Environment
-from cidemo_infra.errors import UsageError
+from cidemo_infra.errors import CidemoError, UsageError
 from cidemo_infra.lifecycle import SECRETS, Session, open_session
 from cidemo_infra.pipeline.github import PullRequests
 from cidemo_infra.placement.specs import (
@@ -193,7 +193,7 @@ def up(
     with env_lock(ctx.state, env.name, ctx.lock_wait):
         url = _up_locked(ctx, env, ref, image, is_fork=is_fork, repo=repo)
     if env.kind == "staging":
-        refresh_snapshots(ctx)
+        _refresh_after(ctx, f"{env.name} runs {image}")
     return url
 
 
@@ -288,8 +288,8 @@ def _snapshot_source(ctx: EnvContext) -> snapshots.Source:
     return snapshots.Source(str(standalone.private_ip), PROXY_RW_PORT, password, None)
 
 
-def _fork_script(ctx: EnvContext, kind: str) -> str | None:
-    if kind not in ("seed", "anonymised"):
+def _fork_script(ctx: EnvContext, kinds: Sequence[str]) -> str | None:
+    if not {"seed", "anonymised"} & set(kinds):
         return None
     path = Path(ctx.site.environments.fork_script or "")
     try:
@@ -298,41 +298,51 @@ def _fork_script(ctx: EnvContext, kind: str) -> str | None:
         raise UsageError(f"environments.fork_script: cannot read {path}: {exc}") from None
 
 
-def take_snapshot(ctx: EnvContext, kind: str) -> snapshots.Snapshot:
-    """A new snapshot of staging's database of `kind`, on every engine previews run on; older
-    unused ones are removed. Previews go on branching from the previous one meanwhile."""
+def take_snapshots(ctx: EnvContext, kinds: Sequence[str]) -> list[snapshots.Snapshot]:
+    """New snapshots of staging's database, one of each of `kinds` from one dump, on every
+    engine previews run on; older unused ones are removed. Previews go on branching from the
+    previous ones meanwhile (they wait only for a kind that has none yet)."""
     stage = names.staging(ctx.app)
     source_db = staging_database(ctx.app)
-    script = _fork_script(ctx, kind)
+    script = _fork_script(ctx, kinds)
     placements = ctx.platform.branch_placements()
     started = time.monotonic()
-    with snapshot_lock(ctx.state, kind):
+    with contextlib.ExitStack() as held:
+        for kind in sorted(set(kinds)):
+            held.enter_context(snapshot_lock(ctx.state, kind))
         conn = _root(ctx)
         try:
             exists = database.database_exists(conn, source_db)
         finally:
             conn.close()
         engine, client = _builder(ctx)
-        ctx.reporter.step(f"snapshot ({kind}) of {source_db}: dumping it into a builder")
-        snap = snapshots.take(
+        ctx.reporter.step(f"snapshot ({', '.join(kinds)}) of {source_db}: dumping it")
+        made = snapshots.take(
             client,
             image=ctx.session.images["galera"],
             site=ctx.site.name,
             env=stage.name,
             database=source_db,
-            kind=kind,
+            kinds=kinds,
             source=_snapshot_source(ctx),
             script=script,
             database_exists=exists,
         )
         targets = {p.engine: ctx.session.clients[p.engine] for p in placements}
         targets.pop(engine, None)
-        copied = snapshots.ship(client, targets, snap.ref)
+        copied: set[str] = set()
+        for snap in made:
+            copied.update(snapshots.ship(client, targets, snap.ref))
         for target in {engine: client, **targets}.values():
-            snapshots.gc(target, ctx.site.name, keep=(snap.ref,))
-    shipped = f", copied to {', '.join(copied)}" if copied else ""
-    ctx.reporter.step(f"snapshot {snap.ref} ({time.monotonic() - started:.1f} s{shipped})")
-    return snap
+            snapshots.gc(target, ctx.site.name, keep=tuple(s.ref for s in made))
+    shipped = f", copied to {', '.join(sorted(copied))}" if copied else ""
+    refs = ", ".join(s.ref for s in made)
+    ctx.reporter.step(f"snapshot {refs} ({time.monotonic() - started:.1f} s{shipped})")
+    return made
+
+
+def take_snapshot(ctx: EnvContext, kind: str) -> snapshots.Snapshot:
+    return take_snapshots(ctx, [kind])[0]
 
 
 def snapshot_kinds(ctx: EnvContext) -> list[str]:
@@ -341,7 +351,20 @@ def snapshot_kinds(ctx: EnvContext) -> list[str]:
 
 
 def refresh_snapshots(ctx: EnvContext) -> list[snapshots.Snapshot]:
-    return [take_snapshot(ctx, kind) for kind in snapshot_kinds(ctx)]
+    return take_snapshots(ctx, snapshot_kinds(ctx))
+
+
+def _refresh_after(ctx: EnvContext, done: str) -> None:
+    """New snapshots after staging changed; a failure says that the change itself is done."""
+    try:
+        refresh_snapshots(ctx)
+    except CidemoError as exc:
+        failed = database.DatabaseError(
+            f"{done}, but its snapshot failed (previews keep branching from the previous one; "
+            f"retry with cidemo env snapshot): {exc}"
+        )
+        failed.exit_code = exc.exit_code
+        raise failed from exc
 
 
 def _current_snapshot(ctx: EnvContext, kind: str) -> snapshots.Snapshot:
@@ -637,7 +660,7 @@ def refresh_staging(
         pruned: list[str] = []
         if from_backup is None:
             pruned = store.prune(source, ctx.site.environments.backup_keep)
-    refresh_snapshots(ctx)
+    _refresh_after(ctx, f"{target} now holds {name}")
     rows = sum(t.rows for t in manifest.tables)
     return Refreshed(name, store.where(name), len(manifest.tables), rows, tuple(pruned))
 
