@@ -102,6 +102,9 @@ CASES = [
         "no such complete backup",
     ),
     Case("env backups", ("env", "backups"), 2, "no environments section", site="bare"),
+    Case(
+        "env snapshot", ("env", "snapshot", "--kind", "seed"), 2, "needs environments.fork_script"
+    ),
     Case("destroy", ("destroy", "--sweep", "--yes"), 2, "--sweep"),
     Case("destroy (answered no)", ("destroy",), 1, "aborted", env=(("CIDEMO_YES", ""),)),
 ]
