@@ -10,14 +10,14 @@ PYTEST_ARGS ?=
 
 .PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision demo destroy smoke render plan status recover images base-image \
         test test-unit test-integration test-ghost test-builds test-lab chaos lint wheel-check bench clean browser \
-        env-up env-down env-list env-promote env-gc env-refresh-staging env-backups
+        env-up env-down env-list env-promote env-gc env-refresh-staging env-backups env-snapshot
 
 help:
 	@echo "make provision | demo | destroy | smoke | render | plan | status | recover | images | base-image"
 	@echo "make test | test-ghost | test-builds | test-lab | chaos | lint | wheel-check | bench | terraform-tools | browser (SITE=$(SITE))"
 	@echo "make cloud-lab | cloud-lab-down    (the test OpenStack whose servers boot as lab nodes)"
 	@echo "make env-up PR=<n>|ENV=staging|ENV=production REF=<sha> [IMAGE=<image>] [FORK=1]"
-	@echo "make env-down PR=<n> | env-list | env-promote | env-gc | env-refresh-staging [FROM=<backup>] | env-backups"
+	@echo "make env-down PR=<n> | env-list | env-promote | env-gc | env-refresh-staging [FROM=<backup>] | env-backups | env-snapshot"
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -117,6 +117,9 @@ env-refresh-staging: venv host
 
 env-backups: venv host
 	$(CIDEMO) env backups --site $(SITE)
+
+env-snapshot: venv host
+	$(CIDEMO) env snapshot --site $(SITE)
 
 with_tf = tf_env=$$(bash scripts/terraform-tools.sh) && env $$tf_env
 

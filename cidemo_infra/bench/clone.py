@@ -28,8 +28,8 @@ from typing import Any
 
 import docker
 
+from cidemo_infra.bench.chunked_copy import clone_database
 from cidemo_infra.databases.database import (
-    clone_database,
     connect,
     execute,
     fetch_rows,

@@ -23,8 +23,8 @@ from typing import Any
 import docker
 import yaml
 
+from cidemo_infra.bench import branch as bench_branch
 from cidemo_infra.bench import build as bench_build
-from cidemo_infra.bench import clone as bench_clone
 from cidemo_infra.bench import envs as bench_envs
 from cidemo_infra.console import Reporter
 from cidemo_infra.engines import client_for
@@ -250,15 +250,13 @@ def main() -> None:
         }
         sections = _section("environments", lambda: bench_envs.run(site, state), failed)
         sections += _section("builds", lambda: bench_build.run(site, state), failed)
-        password = (state / "secrets" / "root_password").read_text().strip()
-        rw = ("127.0.0.1", int(BENCH_SITE["services"]["proxy"]["rw_port"]))  # type: ignore[index]
 
-        def clone() -> list[list[str]]:
-            clone_rows, summary = bench_clone.run(rw, password)
+        def branch() -> list[list[str]]:
+            branch_rows, summary = bench_branch.run(site, state)
             notes.extend(summary)
-            return clone_rows
+            return branch_rows
 
-        sections += _section("database clone", clone, failed)
+        sections += _section("preview databases", branch, failed)
         compose_file = work / "compose.yaml"
         _compose_file(client, "bench", compose_file)
         _cidemo(site, state, "destroy", "--purge")

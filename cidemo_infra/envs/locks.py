@@ -41,3 +41,11 @@ def previews_lock(state: StateDir) -> contextlib.AbstractContextManager[None]:
 def platform_lock(state: StateDir) -> contextlib.AbstractContextManager[None]:
     """Held while the app platform's shared parts (swarm, network, attachments) are prepared."""
     return file_lock(state, "platform", SHORT_WAIT, "the app platform")
+
+
+def snapshot_lock(
+    state: StateDir, kind: str, wait: float = 3600.0
+) -> contextlib.AbstractContextManager[None]:
+    """Held while a snapshot of one kind is taken; previews never wait for it unless no
+    snapshot of their kind exists yet."""
+    return file_lock(state, f"snapshot-{validate_name(kind)}", wait, f"the {kind} snapshot")

@@ -1,7 +1,8 @@
 """What the tool remembers about environments, in the state directory (no secrets).
 
 `<state>/envs/<name>.json`: kind, pull request, the image and commit last deployed, URL,
-database, when it was created and last updated (UTC, ISO 8601). A preview's record is written
+database, a preview's snapshot (the image its database branched from), when it was created
+and last updated (UTC, ISO 8601). A preview's record is written
 before it is deployed, under the previews lock, so it is also its reservation against
 `max_previews`. `<state>/envs/closed/pr-<n>.json` marks a pull request as closed (written by
 `env down` and the webhook before removal, so `env gc` can finish a removal that failed).
@@ -46,6 +47,7 @@ class EnvRecord:
     url: str = ""
     is_fork: bool = False
     repo: str = ""
+    snapshot: str = ""  # previews: the snapshot image their database branched from
 
     @property
     def environment(self) -> Environment:

@@ -1,4 +1,4 @@
-"""`cidemo env up|down|list|promote|gc|refresh-staging|backups`: the site's environments.
+"""`cidemo env up|down|list|promote|gc|refresh-staging|snapshot|backups`: the site's environments.
 
 Names: `pr-<n>-<app>` (previews), `stage-<app>`, `<app>` (production). Every command takes the
 site (`--site`, env CIDEMO_SITE) and its state directory, runs under the environment's lock
@@ -233,6 +233,8 @@ def down(
     target = _chosen(site, pr, staging, production)
     database = operations.database_of(target)
     what = f"{target.name} (app, database {database} and its user)"
+    if target.is_preview:
+        what = f"{target.name} (app, and its database container with everything written to it)"
     if dry_run:
         click.echo(f"would remove {what}")
         return
@@ -248,7 +250,7 @@ def down(
 @state_option
 @json_option
 def list_(site_path: str, state_dir: str | None, as_json: bool) -> None:
-    """List the environments: name, kind, image, URL, database, last update."""
+    """List the environments: name, kind, image, URL, database, snapshot, last update."""
     site, state = load_site_and_state(site_path, state_dir)
     reporter = _reporter()
     with operations.open_envs(site, state, reporter) as ctx:
@@ -256,7 +258,7 @@ def list_(site_path: str, state_dir: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
         return
-    headers = ["name", "kind", "image", "url", "database", "updated"]
+    headers = ["name", "kind", "image", "url", "database", "snapshot", "updated"]
     reporter.table(headers, [[r.as_dict()[h] for h in headers] for r in rows])
 
 
@@ -378,6 +380,41 @@ def refresh_staging(
     click.echo(f"backup: {done.where}")
     if done.pruned:
         click.echo(f"removed older backups: {', '.join(done.pruned)}")
+
+
+@env.command()
+@site_option
+@state_option
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["full", "schema", "seed", "anonymised"]),
+    help="the kind(s) to take (default: full, and the kind environments.fork_data names)",
+)
+@dry_run_option
+def snapshot(site_path: str, state_dir: str | None, kinds: tuple[str, ...], dry_run: bool) -> None:
+    """Take new snapshots of staging's database for previews to branch from (previews being
+    created meanwhile branch from the previous ones)."""
+    site, state = load_site_and_state(site_path, state_dir)
+    require_environments(site)
+    envs = site.environments
+    for kind in kinds:
+        if kind in ("seed", "anonymised") and not envs.fork_script:
+            raise UsageError(
+                f"--kind {kind}: needs environments.fork_script (an SQL file); the site has none"
+            )
+    with operations.open_envs(site, state, _reporter()) as ctx:
+        chosen = list(kinds) or operations.snapshot_kinds(ctx)
+        if dry_run:
+            for kind in chosen:
+                ctx.reporter.line(
+                    f"would take a {kind} snapshot of {operations.staging_database(ctx.app)}"
+                )
+            return
+        taken = operations.take_snapshots(ctx, chosen)
+    for snap in taken:
+        click.echo(snap.ref)
 
 
 @env.command("backups")

@@ -5,10 +5,15 @@ cluster, reached as root through the proxy's read-write port. Every action is id
 under the environment's lock (`locks.env_lock`); a new preview is counted against
 `environments.max_previews` under a shared lock, so concurrent `env up`s cannot pass the limit.
 
-Databases: a preview's is `pr_<n>`, cloned on the server from the staging database (when that
-exists; else created empty) the first time, kept on updates; staging's and production's are the
-environment name with `-` -> `_`. Each has its own user (named like the database) granted only on
-it, with a password generated into the state directory (`secrets/app-db-<env>`).
+Databases: staging's and production's are on the Galera cluster, named like the environment
+with `-` -> `_`. A preview's is a branch: its own MariaDB container started from the current
+snapshot of staging's database (`databases/snapshots.py`, `databases/branches.py`), made the first
+time and kept on updates; it holds staging's database under staging's name, and its user
+`pr_<n>` exists on that container only (no account on the cluster). A fork's preview branches
+from the snapshot `environments.fork_data` names (schema only by default). Snapshots are taken on
+`env up --staging`, after `refresh-staging` and by `env snapshot`, without blocking previews:
+they branch from the previous snapshot until the new one is committed. Each environment's user
+has a password generated into the state directory (`secrets/app-db-<env>`).
 App secrets: files `secrets/app/<NAME>` in the state directory (e.g. `S3_ACCESS_KEY`), given to
 staging, production and previews of the repository's own branches; previews of pull requests from
 forks get their own database credentials and nothing else.
@@ -33,14 +38,21 @@ import etcd
 from cidemo_infra.backups import backup
 from cidemo_infra.backups.store import BackupStore, check_name, store_for
 from cidemo_infra.console import Reporter
-from cidemo_infra.databases import database
+from cidemo_infra.databases import branches, capacity, database, snapshots
 from cidemo_infra.envs import names, records
-from cidemo_infra.envs.locks import env_lock, previews_lock
+from cidemo_infra.envs.locks import env_lock, previews_lock, snapshot_lock
 from cidemo_infra.envs.names import Environment
-from cidemo_infra.errors import UsageError
+from cidemo_infra.errors import CidemoError, UsageError
 from cidemo_infra.lifecycle import SECRETS, Session, open_session
 from cidemo_infra.pipeline.github import PullRequests
-from cidemo_infra.placement.specs import container_name, has_router
+from cidemo_infra.placement.specs import (
+    LABEL_ROLE,
+    PROXY_RW_PORT,
+    container_name,
+    has_router,
+    network_name,
+)
+from cidemo_infra.placement.teardown import LABEL_APPS_OF
 from cidemo_infra.platforms import platform_for
 from cidemo_infra.platforms.platform import AppPlatform
 from cidemo_infra.platforms.swarm import maintenance_key
@@ -120,16 +132,23 @@ def app_secrets(state: StateDir) -> dict[str, str]:
     return found
 
 
-def app_settings(site: Site, env: Environment, platform: AppPlatform, db: str) -> dict[str, str]:
-    """The app's plain settings: `environments.app_env`, then what the platform decides."""
-    host, port = platform.database_address()
+def app_settings(
+    site: Site,
+    env: Environment,
+    platform: AppPlatform,
+    db: str,
+    branch: tuple[str, int, str] | None = None,
+) -> dict[str, str]:
+    """The app's plain settings: `environments.app_env`, then what the platform decides;
+    `branch`: a preview's database server (host, port) and the database it holds."""
+    host, port = platform.database_address() if branch is None else branch[:2]
     settings = {"NODE_ENV": "production", **site.environments.app_env}
     settings.update(
         URL=platform.url_of(env),
         DB_HOST=host,
         DB_PORT=str(port),
         DB_USER=db,
-        DB_NAME=db,
+        DB_NAME=db if branch is None else branch[2],
         PORT=str(site.environments.app_port),
     )
     return settings
@@ -173,7 +192,10 @@ def up(
     names.validate_image(image)
     check_up(ctx, env, image)
     with env_lock(ctx.state, env.name, ctx.lock_wait):
-        return _up_locked(ctx, env, ref, image, is_fork=is_fork, repo=repo)
+        url = _up_locked(ctx, env, ref, image, is_fork=is_fork, repo=repo)
+    if env.kind == "staging":
+        _refresh_after(ctx, f"{env.name} runs {image}")
+    return url
 
 
 def check_up(ctx: EnvContext, env: Environment, image: str) -> None:
@@ -201,15 +223,30 @@ def _up_locked(
         record = _new_record(env, db)
     is_fork = is_fork or record.is_fork  # a fork's pull request never becomes trusted
     password = ctx.state.secret(_password_name(env))
+    branch: tuple[str, int, str] | None = None
+    snapshot = record.snapshot
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the platform's part meanwhile
         prepared = pool.submit(ctx.platform.prepare)
-        _ensure_database(ctx, env, db, password)
+        if env.is_preview:
+            host, port, snapshot = _ensure_branch(ctx, env, db, password, is_fork)
+            branch = (host, port, staging_database(ctx.app))
+        else:
+            _ensure_database(ctx, env, db, password)
         prepared.result()
     secrets = {"DB_PASS": password} | ({} if is_fork else app_secrets(ctx.state))
-    url = ctx.platform.deploy(env, image, app_settings(ctx.site, env, ctx.platform, db), secrets)
+    settings = app_settings(ctx.site, env, ctx.platform, db, branch)
+    url = ctx.platform.deploy(env, image, settings, secrets)
     records.save(
         ctx.state,
-        record.touched(image=image, ref=ref, url=url, is_fork=is_fork, repo=repo or record.repo),
+        record.touched(
+            image=image,
+            ref=ref,
+            url=url,
+            is_fork=is_fork,
+            repo=repo or record.repo,
+            snapshot=snapshot,
+            database=db if branch is None else branch[2],
+        ),
     )
     ctx.reporter.step(f"{env.name}: runs {image} at {url}")
     return url
@@ -221,26 +258,188 @@ def _new_record(env: Environment, db: str) -> records.EnvRecord:
 
 
 def _ensure_database(ctx: EnvContext, env: Environment, db: str, password: str) -> None:
+    """Staging's and production's database and user, on the cluster."""
     conn = _root(ctx)
     try:
         if not database.database_exists(conn, db):
-            source = staging_database(ctx.app) if env.is_preview else None
-            if source and database.database_exists(conn, source):
-                stats = database.clone_database(conn, source, db)
-                ctx.reporter.step(
-                    f"{env.name}: cloned {source} into {db} ({stats.tables} tables, "
-                    f"{stats.rows} rows, {stats.seconds:.1f} s)"
-                )
-            else:
-                database.execute(
-                    conn,
-                    f"CREATE DATABASE IF NOT EXISTS {database.quote_ident(db)} "
-                    "CHARACTER SET utf8mb4",
-                )
-                ctx.reporter.step(f"{env.name}: created database {db} (empty)")
+            database.execute(
+                conn,
+                f"CREATE DATABASE IF NOT EXISTS {database.quote_ident(db)} CHARACTER SET utf8mb4",
+            )
+            ctx.reporter.step(f"{env.name}: created database {db} (empty)")
         database.ensure_app_user(conn, db, db, password)
     finally:
         conn.close()
+
+
+def snapshot_kind(ctx: EnvContext, is_fork: bool) -> str:
+    return snapshots.kind_for(is_fork, ctx.site.environments.fork_data)
+
+
+def _builder(ctx: EnvContext) -> tuple[str, Any]:
+    """The engine that builds snapshots: the standalone node's, beside the proxy."""
+    node = ctx.session.inventory.of_role("standalone")[0]
+    return node.engine, ctx.session.clients[node.engine]
+
+
+def _snapshot_source(ctx: EnvContext) -> snapshots.Source:
+    """The proxy's read-write port as a container on the standalone node reaches it."""
+    password = ctx.state.known_secret("root_password", SECRETS["root_password"]) or ""
+    if ctx.site.target == "local":
+        host = container_name(ctx.site, "dbproxy")
+        return snapshots.Source(host, PROXY_RW_PORT, password, network_name(ctx.site))
+    standalone = ctx.session.inventory.of_role("standalone")[0]
+    return snapshots.Source(str(standalone.private_ip), PROXY_RW_PORT, password, None)
+
+
+def _fork_script(ctx: EnvContext, kinds: Sequence[str]) -> str | None:
+    if not {"seed", "anonymised"} & set(kinds):
+        return None
+    path = Path(ctx.site.environments.fork_script or "")
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise UsageError(f"environments.fork_script: cannot read {path}: {exc}") from None
+
+
+def take_snapshots(ctx: EnvContext, kinds: Sequence[str]) -> list[snapshots.Snapshot]:
+    """New snapshots of staging's database, one of each of `kinds` from one dump, on every
+    engine previews run on; older unused ones are removed. Previews go on branching from the
+    previous ones meanwhile (they wait only for a kind that has none yet)."""
+    stage = names.staging(ctx.app)
+    source_db = staging_database(ctx.app)
+    script = _fork_script(ctx, kinds)
+    placements = ctx.platform.branch_placements()
+    started = time.monotonic()
+    with contextlib.ExitStack() as held:
+        for kind in sorted(set(kinds)):
+            held.enter_context(snapshot_lock(ctx.state, kind))
+        conn = _root(ctx)
+        try:
+            exists = database.database_exists(conn, source_db)
+        finally:
+            conn.close()
+        engine, client = _builder(ctx)
+        ctx.reporter.step(f"snapshot ({', '.join(kinds)}) of {source_db}: dumping it")
+        made = snapshots.take(
+            client,
+            image=ctx.session.images["galera"],
+            site=ctx.site.name,
+            env=stage.name,
+            database=source_db,
+            kinds=kinds,
+            source=_snapshot_source(ctx),
+            script=script,
+            database_exists=exists,
+        )
+        targets = {p.engine: ctx.session.clients[p.engine] for p in placements}
+        targets.pop(engine, None)
+        copied: set[str] = set()
+        for snap in made:
+            copied.update(snapshots.ship(client, targets, snap.ref))
+        for target in {engine: client, **targets}.values():
+            snapshots.gc(target, ctx.site.name, keep=tuple(s.ref for s in made))
+    shipped = f", copied to {', '.join(sorted(copied))}" if copied else ""
+    refs = ", ".join(s.ref for s in made)
+    ctx.reporter.step(f"snapshot {refs} ({time.monotonic() - started:.1f} s{shipped})")
+    return made
+
+
+def take_snapshot(ctx: EnvContext, kind: str) -> snapshots.Snapshot:
+    return take_snapshots(ctx, [kind])[0]
+
+
+def snapshot_kinds(ctx: EnvContext) -> list[str]:
+    """The kinds previews of this site branch from: staging's rows, and the forks' kind."""
+    return list(dict.fromkeys(["full", snapshot_kind(ctx, True)]))
+
+
+def refresh_snapshots(ctx: EnvContext) -> list[snapshots.Snapshot]:
+    return take_snapshots(ctx, snapshot_kinds(ctx))
+
+
+def _refresh_after(ctx: EnvContext, done: str) -> None:
+    """New snapshots after staging changed; a failure says that the change itself is done."""
+    try:
+        refresh_snapshots(ctx)
+    except CidemoError as exc:
+        failed = database.DatabaseError(
+            f"{done}, but its snapshot failed (previews keep branching from the previous one; "
+            f"retry with cidemo env snapshot): {exc}"
+        )
+        failed.exit_code = exc.exit_code
+        raise failed from exc
+
+
+def _current_snapshot(ctx: EnvContext, kind: str) -> snapshots.Snapshot:
+    _, client = _builder(ctx)
+    found = snapshots.current(client, ctx.site.name, kind)
+    if found is not None:
+        return found
+    with snapshot_lock(ctx.state, kind):  # another run may be taking the first one
+        found = snapshots.current(client, ctx.site.name, kind)
+    return found or take_snapshot(ctx, kind)
+
+
+def _kind_of(snapshot_ref: str) -> str:
+    return snapshot_ref.rsplit(":", 1)[-1].split("-", 1)[0]
+
+
+def _ensure_branch(
+    ctx: EnvContext, env: Environment, user: str, password: str, is_fork: bool
+) -> tuple[str, int, str]:
+    """The preview's database server, branched from the current snapshot the first time;
+    (host, port) as the apps reach it, and the snapshot it branched from."""
+    clients = ctx.session.clients
+    kind = snapshot_kind(ctx, is_fork)
+    placements = {p.engine: p for p in ctx.platform.branch_placements()}
+    found = branches.find(clients, ctx.site.name, env.name)
+    if found is not None:
+        engine, info = found
+        ref = (info["Config"].get("Labels") or {}).get(branches.LABEL_SNAPSHOT, "")
+        if _kind_of(ref) == kind and engine in placements:
+            host, port = branches.address(placements[engine], info)
+            return host, port, ref
+        # a preview that became a fork's (or whose node left the platform) branches again
+        branches.remove(clients, ctx.site.name, env.name)
+    snap = _current_snapshot(ctx, kind)
+    flt = {
+        "label": [
+            f"{LABEL_APPS_OF}={ctx.site.name}",
+            f"{LABEL_ROLE}={branches.ROLE_BRANCH}",
+        ]
+    }
+    counts = {e: len(clients[e].api.containers(all=True, filters=flt)) for e in placements}
+    placement = placements[min(placements, key=lambda e: (counts[e], e))]
+    envs, galera = ctx.site.environments, ctx.site.services.galera
+    target = clients[placement.engine]
+    capacity.reserve_members(target, ctx.site.name, galera.cpu_shares, galera.reserved_memory_mb)
+    preview_mb = envs.preview_limits.database.memory_mb + envs.preview_limits.app.memory_mb
+    capacity.check_room(
+        capacity.room(target, ctx.site.name, galera.reserved_memory_mb, preview_mb),
+        placement.node,
+    )
+    _, builder = _builder(ctx)
+    snapshots.ship(builder, {placement.engine: clients[placement.engine]}, snap.ref)
+    started = time.monotonic()
+    limits = ctx.site.environments.preview_limits.database
+    made = branches.create(
+        clients[placement.engine],
+        placement,
+        site=ctx.site.name,
+        env=env.name,
+        snapshot=snap,
+        database=staging_database(ctx.app),
+        user=user,
+        password=password,
+        limits=branches.Limits(limits.cpus, limits.memory_mb),
+        timeout=float(ctx.site.timeouts.health),
+    )
+    ctx.reporter.step(
+        f"{env.name}: database branched from {snap.ref} on {placement.node} "
+        f"({time.monotonic() - started:.1f} s)"
+    )
+    return made.host, made.port, snap.ref
 
 
 def down(ctx: EnvContext, env: Environment) -> bool:
@@ -255,9 +454,15 @@ def _down_locked(ctx: EnvContext, env: Environment) -> bool:
         records.mark_closed(ctx.state, env.pr)
     removed = ctx.platform.remove(env)
     db = database_of(env)
+    had_branch = False
+    if env.is_preview:
+        had_branch = branches.remove(ctx.session.clients, ctx.site.name, env.name)
+        for client in ctx.session.clients.values():
+            snapshots.gc(client, ctx.site.name)
     conn = _root(ctx)
     try:
-        had_db = database.database_exists(conn, db)
+        # a preview made before branches had its database and user on the cluster
+        had_db = database.database_exists(conn, db) or had_branch
         database.drop_database_and_user(conn, db, db)
     finally:
         conn.close()
@@ -459,6 +664,7 @@ def refresh_staging(
         pruned: list[str] = []
         if from_backup is None:
             pruned = store.prune(source, ctx.site.environments.backup_keep)
+    _refresh_after(ctx, f"{target} now holds {name}")
     rows = sum(t.rows for t in manifest.tables)
     return Refreshed(name, store.where(name), len(manifest.tables), rows, tuple(pruned))
 
@@ -508,6 +714,7 @@ class EnvRow:
     database: str
     updated: str
     ref: str
+    snapshot: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return {
@@ -518,12 +725,17 @@ class EnvRow:
             "database": self.database,
             "updated": self.updated,
             "ref": self.ref,
+            "snapshot": self.snapshot,
         }
 
 
 def list_envs(ctx: EnvContext) -> list[EnvRow]:
     known = {r.name: r for r in records.load_all(ctx.state)}
     running = {d.env: d for d in ctx.platform.list()}
+    branched = {
+        env: tags.get(branches.LABEL_SNAPSHOT, "")
+        for env, tags in branches.list_all(ctx.session.clients, ctx.site.name).items()
+    }
     rows = []
     for name in sorted(set(known) | set(running)):
         record, deployment = known.get(name), running.get(name)
@@ -540,6 +752,7 @@ def list_envs(ctx: EnvContext) -> list[EnvRow]:
                 database=record.database if record else (database_of(env) if env else ""),
                 updated=record.updated if record else (deployment.updated if deployment else ""),
                 ref=record.ref if record else "",
+                snapshot=branched.get(name) or (record.snapshot if record else ""),
             )
         )
     return rows
@@ -563,16 +776,28 @@ class UpPlan:
 def plan_up(ctx: EnvContext, env: Environment, image: str) -> UpPlan:
     """What `up` would do (for --dry-run); changes nothing."""
     db = database_of(env)
+    if env.is_preview:
+        found = branches.find(ctx.session.clients, ctx.site.name, env.name)
+        record = records.load(ctx.state, env.name)
+        kind = snapshot_kind(ctx, record is not None and record.is_fork)
+        current = snapshots.current(_builder(ctx)[1], ctx.site.name, kind)
+        if found is not None:
+            labels = found[1]["Config"].get("Labels") or {}
+            db_action = f"keep (branch of {labels.get(branches.LABEL_SNAPSHOT, '?')})"
+        elif current is not None:
+            db_action = f"branch from {current.ref}"
+        else:
+            db_action = f"take a {kind} snapshot of {staging_database(ctx.app)}, branch from it"
+        return _plan(ctx, env, image, db, db_action)
     conn = _root(ctx)
     try:
-        if database.database_exists(conn, db):
-            db_action = "keep (exists)"
-        elif env.is_preview and database.database_exists(conn, staging_database(ctx.app)):
-            db_action = f"clone from {staging_database(ctx.app)}"
-        else:
-            db_action = "create (empty)"
+        db_action = "keep (exists)" if database.database_exists(conn, db) else "create (empty)"
     finally:
         conn.close()
+    return _plan(ctx, env, image, db, db_action)
+
+
+def _plan(ctx: EnvContext, env: Environment, image: str, db: str, db_action: str) -> UpPlan:
     current = ctx.platform.image_of(env)
     if current is None:
         app_action = f"create, running {image}"

@@ -1,7 +1,8 @@
 """Teardown of what the delivery layer made on a site's engines, without knowing the layer.
 
 Everything an environment's app owns on an engine is labelled: services and secrets with
-`io.cidemo.site=<site>`, the apps network and the tasks' containers with `io.cidemo.apps-of=<site>`
+`io.cidemo.site=<site>`, the apps network, the tasks' containers and the previews' databases with
+`io.cidemo.apps-of=<site>`, snapshot images with `io.cidemo.site=<site>`
 (placement owns every container and network labelled `io.cidemo.site` and would plan to remove
 them). `cidemo destroy` removes all of it by label, whatever platform put it there.
 """
@@ -19,12 +20,15 @@ from cidemo_infra.placement.specs import LABEL_SITE
 
 LABEL_APPS_OF = "io.cidemo.apps-of"
 GONE_TIMEOUT = 60.0
+# what `databases/` makes: previews' databases, snapshot builders, and snapshot images
+DATABASE_ROLES = ("preview-db", "snapshot-builder")
+ROLE_SNAPSHOT = "snapshot"
 
 
 def remove_site_apps(client: docker.DockerClient, site: str) -> list[str]:
     """Everything of the site's apps on one engine: services, their secrets, the apps network
     (for `cidemo destroy` and test finalizers). Returns what was removed."""
-    removed: list[str] = []
+    removed = _remove_databases(client, site)
     swarm = client.info().get("Swarm") or {}
     if swarm.get("LocalNodeState") != "active":
         return removed
@@ -50,6 +54,26 @@ def remove_site_apps(client: docker.DockerClient, site: str) -> list[str]:
                 api.disconnect_container_from_network(container["Name"], net["Id"], force=True)
         if _remove_network(api, net["Id"], time.monotonic() + GONE_TIMEOUT):
             removed.append(f"network {net['Name']}")
+    return removed
+
+
+def _remove_databases(client: docker.DockerClient, site: str) -> list[str]:
+    """Previews' databases (with their writes: they have no volume), snapshot builders, then
+    the site's snapshot images."""
+    api = client.api
+    removed = []
+    for role in DATABASE_ROLES:
+        flt = {"label": [f"{LABEL_APPS_OF}={site}", f"io.cidemo.role={role}"]}
+        for container in api.containers(all=True, filters=flt):
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(container["Id"], force=True, v=True)
+                removed.append(f"container {container['Names'][0].lstrip('/')}")
+    labels = [f"{LABEL_SITE}={site}", f"io.cidemo.role={ROLE_SNAPSHOT}"]
+    for image in api.images(filters={"label": labels}):
+        for tag in image.get("RepoTags") or [image["Id"]]:
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_image(tag, force=True)
+                removed.append(f"image {tag}")
     return removed
 
 

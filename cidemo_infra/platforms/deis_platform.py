@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from cidemo_infra.databases.branches import Placement
 from cidemo_infra.envs import records
 from cidemo_infra.envs.names import Environment
 from cidemo_infra.errors import UsageError
+from cidemo_infra.inventory import InventoryNode
 from cidemo_infra.lifecycle import Session
 from cidemo_infra.placement.specs import PROXY_RW_PORT, apps_domain
 from cidemo_infra.platforms.deis import DeisClient, DeisError
@@ -43,12 +45,18 @@ class DeisPlatform:
     name = "deis"
 
     def __init__(
-        self, site: Site, state: StateDir, client: DeisClient, database: tuple[str, int]
+        self,
+        site: Site,
+        state: StateDir,
+        client: DeisClient,
+        database: tuple[str, int],
+        deis_nodes: tuple[InventoryNode, ...] = (),
     ) -> None:
         self.site = site
         self.state = state
         self.client = client
         self._database = database
+        self._deis_nodes = deis_nodes
 
     @classmethod
     def for_session(cls, session: Session) -> DeisPlatform:
@@ -62,6 +70,7 @@ class DeisPlatform:
             session.state,
             DeisClient(controller, deis_token(session.state)),
             (str(standalone.private_ip), PROXY_RW_PORT),
+            tuple(session.inventory.of_role("deis")),
         )
 
     def url_of(self, env: Environment) -> str:
@@ -69,6 +78,11 @@ class DeisPlatform:
 
     def database_address(self) -> tuple[str, int]:
         return self._database
+
+    def branch_placements(self) -> list[Placement]:
+        """The deis nodes, where the apps run: a preview's database publishes 3306 on a free
+        port of its node's private address, which the apps reach (Deis v1 has no networks)."""
+        return [Placement(n.engine, n.name, None, str(n.private_ip)) for n in self._deis_nodes]
 
     def deploy(
         self,

@@ -7,15 +7,17 @@ A platform deploys an image with plain settings and secrets, removes an environm
 image an environment runs and lists what it runs. `check_deploy` says, without changing anything,
 why a deploy of an image could not work (so nothing else is written first). It does not touch
 databases: `operations` prepares each environment's database and hands the platform its
-credentials.
+credentials; the platform only says where a preview's database may run (`branch_placements`).
 """
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from cidemo_infra.databases.branches import Placement
 from cidemo_infra.envs.names import Environment
 
 
@@ -70,4 +72,9 @@ class AppPlatform(Protocol):
 
     def database_address(self) -> tuple[str, int]:
         """Where the apps reach the site's MySQL proxy (read-write), as seen from the apps."""
+        ...
+
+    def branch_placements(self) -> builtins.list[Placement]:
+        """Where a preview's database may run (one per node, the platform's choice of nodes),
+        with how the apps reach it there; prepares what that needs (a network)."""
         ...

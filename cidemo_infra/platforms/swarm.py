@@ -47,6 +47,7 @@ import docker.types
 import etcd
 
 from cidemo_infra.console import Reporter
+from cidemo_infra.databases.branches import Placement
 from cidemo_infra.engines import ENGINE_ERRORS, engine_error, unique_clients
 from cidemo_infra.envs.locks import platform_lock
 from cidemo_infra.envs.names import Environment
@@ -136,10 +137,14 @@ class ServiceSpec:
     secrets: tuple[SecretMount, ...]
     network: str
     constraints: tuple[str, ...] = ()
+    limits: tuple[float, int] | None = None  # previews: (CPUs, memory MiB)
 
     @property
     def spec_hash(self) -> str:
-        data = json.dumps(asdict(self), sort_keys=True).encode()
+        fields = asdict(self)
+        if fields["limits"] is None:
+            del fields["limits"]  # services deployed before limits existed keep their hash
+        data = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(data).hexdigest()[:16]
 
     @property
@@ -169,6 +174,7 @@ def service_spec(
                 f"secret {mount.key!r} of {env.name}: secret names are environment variable "
                 "names in capitals (e.g. DB_PASS)"
             )
+    limits = site.environments.preview_limits.app
     clashes = sorted({f"{s.key}_FILE" for s in secrets} & set(environment))
     if clashes:
         raise UsageError(f"{env.name}: {clashes[0]} is set both as a setting and for a secret")
@@ -181,6 +187,7 @@ def service_spec(
         secrets=tuple(sorted(secrets, key=lambda s: s.key)),
         network=apps_network(site.name),
         constraints=("node.labels.io.cidemo.role == deis",) if site.target != "local" else (),
+        limits=(limits.cpus, limits.memory_mb) if env.is_preview else None,
     )
 
 
@@ -253,6 +260,17 @@ class SwarmPlatform:
             return container_name(self.site, "dbproxy"), PROXY_RW_PORT
         standalone = self.inventory.of_role("standalone")[0]
         return str(standalone.private_ip), PROXY_RW_PORT
+
+    def branch_placements(self) -> builtins.list[Placement]:
+        """Locally the standalone node (the one-node swarm); on a cloud the deis nodes, where the
+        apps run. Each on the apps network, where the apps reach it by its container name."""
+        self.prepare()
+        network = apps_network(self.site.name)
+        if self.site.target == "local":
+            nodes = self.inventory.of_role("standalone")[:1]
+        else:
+            nodes = self.inventory.of_role("deis")
+        return [Placement(n.engine, n.name, network) for n in nodes]
 
     def check_deploy(self, image: str) -> None:
         """The router is placed and (locally) the image is on the engine; reads only."""
@@ -592,6 +610,11 @@ class SwarmPlatform:
             if spec.constraints
             else None,
             networks=[docker.types.NetworkAttachmentConfig(target=spec.network)],
+            resources=docker.types.Resources(
+                cpu_limit=int(spec.limits[0] * NS), mem_limit=spec.limits[1] << 20
+            )
+            if spec.limits
+            else None,
         )
         return {
             "task_template": task,

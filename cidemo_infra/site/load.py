@@ -60,6 +60,19 @@ def load_site(path: str | Path) -> Site:
                 f"relative to the site file: {(path.parent / folder).resolve()})"
             ],
         )
+    script = site.environments.fork_script
+    if script:
+        found = (path.parent / script).absolute()
+        if not found.is_file():
+            raise SiteError(
+                source,
+                [
+                    f"environments.fork_script: {script!r} is not a file (the path is relative "
+                    f"to the site file: {found})"
+                ],
+            )
+        envs = site.environments.model_copy(update={"fork_script": str(found)})
+        site = site.model_copy(update={"environments": envs})
     return site
 
 

@@ -116,6 +116,20 @@ class Galera(_Strict):
     image: str | None = Field(
         None, description="override the image built from cidemo_infra/data/images/galera"
     )
+    cpu_shares: int = Field(
+        4096,
+        ge=2,
+        le=262144,
+        description="CPU weight of each member (Docker's default is 1024, previews keep it): "
+        "under contention a member gets this share against every preview on its node",
+    )
+    reserved_memory_mb: int = Field(
+        1024,
+        ge=0,
+        le=1048576,
+        description="memory each member keeps under pressure (a soft reservation; previews "
+        "have hard limits and are killed first on out-of-memory)",
+    )
 
 
 class Proxy(_Strict):
@@ -182,6 +196,18 @@ def app_name_problem(app: str) -> str | None:
             f"({', '.join(SYSTEM_DATABASES)}); choose another name"
         )
     return None
+
+
+class Limits(_Strict):
+    cpus: float = Field(0.5, gt=0, le=64, description="CPUs (fractions allowed)")
+    memory_mb: int = Field(256, ge=64, le=1048576, description="hard memory limit, no swap")
+
+
+class PreviewLimits(_Strict):
+    """Hard limits of each preview's app task and database container."""
+
+    app: Limits = Limits(cpus=1.0, memory_mb=512)
+    database: Limits = Limits(cpus=0.5, memory_mb=256)
 
 
 RepoName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9_.-]{1,100}$")]
@@ -270,6 +296,19 @@ class Environments(_Strict):
     deis_controller: str | None = Field(None, pattern=r"^https?://.+")
     app_env: dict[str, str] = Field(
         default_factory=dict, description="non-secret settings given to every environment"
+    )
+    preview_limits: PreviewLimits = PreviewLimits()
+    fork_data: Literal["schema", "seed", "anonymised"] = Field(
+        "schema",
+        description="what a fork's preview database holds: staging's schema with no rows, "
+        "that schema filled by fork_script (seed), or staging's data rewritten by fork_script "
+        "(anonymised)",
+    )
+    fork_script: str | None = Field(
+        None,
+        min_length=1,
+        description="SQL file (relative to the site file) for fork_data seed or anonymised; "
+        "it runs in the snapshot builder, never on the cluster",
     )
     build: Build | None = Field(
         None,
@@ -407,6 +446,16 @@ def semantic_problems(site: Site) -> list[str]:
         problems.append(
             f"environments.image: '{envs.image}' has the unknown placeholder {{{unknown[0]}}}; "
             "valid: {app}, {sha}"
+        )
+    if envs.fork_data != "schema" and not envs.fork_script:
+        problems.append(
+            f"environments.fork_script: required when environments.fork_data is "
+            f"'{envs.fork_data}' (an SQL file relative to the site file); or use fork_data: schema"
+        )
+    if envs.fork_script and envs.fork_data == "schema":
+        problems.append(
+            "environments.fork_script: only for fork_data seed or anonymised (fork_data is "
+            "'schema': forks get staging's tables with no rows)"
         )
     if envs.build and envs.build.source and site.target != "local":
         problems.append(

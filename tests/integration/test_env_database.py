@@ -36,9 +36,9 @@ from cidemo_infra.backups.backup import (
     restore_database,
     verify_backup,
 )
+from cidemo_infra.bench.chunked_copy import clone_database
 from cidemo_infra.databases.database import (
     DatabaseError,
-    clone_database,
     connect,
     database_exists,
     drop_database_and_user,

@@ -1,6 +1,6 @@
 """Environments end to end on the real engine: GitHub deliveries to the real `cidemo webhook
-serve`, previews with their own cloned databases behind the router, staging, production, limits,
-garbage collection and the staging refresh.
+serve`, previews on their own branches of staging's database behind the router, staging,
+production, limits, garbage collection and the staging refresh.
 
 The tests of this module share one provisioned site and run in order, as a team's day would. The
 app is examples/guestbook, built offline and tagged for two made-up commits whose pages differ.
@@ -167,6 +167,15 @@ class Env:
             autocommit=True,
             connect_timeout=5,
         )
+
+    def branch_rows(self, env: str) -> list[str]:
+        """The guestbook's rows in a preview's own database container (root over its socket)."""
+        box = docker.from_env().containers.get(f"cidemo-{self.site.name}-db-{env}")
+        result = box.exec_run(
+            ["mariadb", "-N", "-B", "-e", "SELECT message FROM stage_guestbook.entries ORDER BY id"]
+        )
+        assert result.exit_code == 0, result.output
+        return result.output.decode().splitlines()
 
     def rows(self, database: str) -> list[str]:
         conn = self.root()
@@ -390,10 +399,10 @@ def test_opened_pull_request_gets_a_preview_on_its_own_database(
         lambda: envs.serving(env),
     )
     assert page["version"] == SHA_A
-    assert page["database"] == f"pr_{PR_ONE}"
+    assert page["database"] == "stage_guestbook"  # staging's, in the preview's own branch
     assert [e["message"] for e in page["entries"]] == STAGE_ROWS
     assert envs.post(env, "written in the preview") == 303
-    assert envs.rows(f"pr_{PR_ONE}") == [*STAGE_ROWS, "written in the preview"]
+    assert envs.branch_rows(env) == [*STAGE_ROWS, "written in the preview"]
     assert envs.rows("stage_guestbook") == STAGE_ROWS
     assert envs.page(f"pr-999-{APP}")[0] == 404
 
@@ -405,7 +414,7 @@ def test_opened_pull_request_gets_a_preview_on_its_own_database(
     assert labels["io.cidemo.env"] == env
     container = spec["Spec"]["TaskTemplate"]["ContainerSpec"]
     settings = dict(e.split("=", 1) for e in container["Env"])
-    assert settings["DB_HOST"] == f"cidemo-{envs.site.name}-dbproxy"
+    assert settings["DB_HOST"] == f"cidemo-{envs.site.name}-db-{env}"
     assert settings["DB_PASS_FILE"] == "/run/secrets/db_pass"
     assert settings["NODE_ENV"] == "production"
     assert "DB_PASS" not in settings
@@ -516,7 +525,7 @@ def test_a_forks_preview_gets_only_its_database_credentials(
     status, text, _ = envs.deliver("pull_request", labeled)
     assert status == 202 and "(fork)" in text, text
     page = wait_for(f"{env} answering", lambda: envs.serving(env))
-    assert [e["message"] for e in page["entries"]] == STAGE_ROWS
+    assert page["entries"] == []  # fork_data: schema (the default): staging's table, no rows
     spec = service(engine, envs.site, env)
     assert spec is not None
     container = spec["Spec"]["TaskTemplate"]["ContainerSpec"]
@@ -529,19 +538,24 @@ def test_two_previews_cannot_read_each_others_database(envs: Env) -> None:
     one = envs.site.secret(f"app-db-pr-{PR_ONE}-{APP}")
     two = envs.site.secret(f"app-db-pr-{PR_TWO}-{APP}")
     assert one != two
-    conn = envs.connect(f"pr_{PR_ONE}", one)
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT COUNT(*) FROM pr_{PR_ONE}.entries")
-        assert cur.fetchone()[0] == 3
-        for other in (f"pr_{PR_TWO}", "stage_guestbook"):
-            with pytest.raises(pymysql.err.OperationalError) as denied:
-                cur.execute(f"SELECT COUNT(*) FROM {other}.entries")
-            assert denied.value.args[0] in (1142, 1044), denied.value
-        cur.execute("SHOW DATABASES")
-        assert {r[0] for r in cur.fetchall()} == {"information_schema", f"pr_{PR_ONE}"}
-    conn.close()
-    with pytest.raises(pymysql.err.OperationalError):
-        envs.connect(f"pr_{PR_TWO}", one)
+    # a preview's user has no account on the cluster that serves production
+    for user, password in ((f"pr_{PR_ONE}", one), (f"pr_{PR_TWO}", two)):
+        with pytest.raises(pymysql.err.OperationalError) as denied:
+            envs.connect(user, password)
+        assert denied.value.args[0] == 1045, denied.value
+    box = docker.from_env().containers.get(f"cidemo-{envs.site.name}-db-pr-{PR_ONE}-{APP}")
+
+    def as_user(user: str, password: str, statement: str) -> Any:
+        return box.exec_run(
+            ["mariadb", "-h", "127.0.0.1", "-u", user, "-N", "-B", "-e", statement],
+            environment={"MYSQL_PWD": password},
+        )
+
+    counted = as_user(f"pr_{PR_ONE}", one, "SELECT COUNT(*) FROM stage_guestbook.entries")
+    assert counted.output.strip() == b"3", counted.output
+    shown = as_user(f"pr_{PR_ONE}", one, "SHOW DATABASES").output.split()
+    assert set(shown) == {b"information_schema", b"stage_guestbook"}
+    assert as_user(f"pr_{PR_TWO}", two, "SELECT 1").exit_code != 0  # not its branch
 
 
 def test_env_up_past_max_previews_fails_with_one_line(
@@ -565,7 +579,8 @@ def test_env_list_shows_the_previews(envs: Env) -> None:
     one = rows[f"pr-{PR_ONE}-{APP}"]
     assert one["kind"] == "preview"
     assert one["image"] == f"cidemo/guestbook:{SHA_B}"
-    assert one["database"] == f"pr_{PR_ONE}"
+    assert one["database"] == "stage_guestbook"
+    assert one["snapshot"].startswith(f"cidemo-snapshot/{envs.site.name}-stage-{APP}:full-")
     assert one["url"] == f"http://pr-{PR_ONE}-{APP}.{DOMAIN}:{envs.router_port}/"
     assert one["updated"]
 
@@ -593,6 +608,12 @@ def test_closed_pull_request_removes_app_database_and_user(
         ),
     )
     assert not envs.exists("SELECT 1 FROM mysql.user WHERE User = %s", f"pr_{PR_ONE}")
+    branch = {"label": [f"io.cidemo.apps-of={envs.site.name}", f"io.cidemo.env={env}"]}
+    wait_for(
+        f"{env}'s database container removed",
+        lambda: not engine.api.containers(all=True, filters=branch) or None,
+        30,
+    )
     wait_for(f"{env} unrouted", lambda: envs.page(env)[0] == 404 or None, 30)
     flt = {"label": [f"io.cidemo.site={envs.site.name}", f"io.cidemo.env={env}"]}
     wait_for(f"{env}'s secrets removed", lambda: not engine.api.secrets(filters=flt) or None, 60)

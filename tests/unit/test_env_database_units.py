@@ -27,20 +27,22 @@ from cidemo_infra.backups.backup import (
     verify_backup,
 )
 from cidemo_infra.backups.ddl import DdlError, check_create_table
+from cidemo_infra.bench.chunked_copy import (
+    chunk_rows_for,
+    iter_key_ranges,
+    key_range,
+    rewrite_view,
+)
 from cidemo_infra.databases.database import (
     DatabaseError,
     ForeignKey,
     Schema,
     Table,
-    chunk_rows_for,
     environment_database,
     grant_database,
-    iter_key_ranges,
-    key_range,
     preview_database,
     quote_ident,
     quote_param_ident,
-    rewrite_view,
     schema_problems,
     validate_database_name,
     validate_user_name,

@@ -1,0 +1,332 @@
+"""Previews' databases as branches of snapshots, on the real engine and a real Galera cluster.
+
+One provisioned site; staging's database is made on the cluster by the test (no staging app is
+needed to snapshot it). The tests run in order: snapshots, previews branching from them, a
+snapshot under staging's writes, forks (schema only, and a seed script), limits, `env down`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pymysql
+import pytest
+import yaml
+
+from cidemo_infra.envs.locks import snapshot_lock
+from cidemo_infra.placement.teardown import remove_site_apps
+from cidemo_infra.state import StateDir
+from tests.conftest import REPO
+from tests.integration.conftest import (
+    TestSite,
+    free_port,
+    make_site,
+    provision_converged,
+    remove_site,
+)
+
+pytestmark = pytest.mark.integration
+
+APP = "guestbook"
+STAGE = "stage_guestbook"
+OTHER = "other_app"  # another database on the cluster: never in a snapshot
+SEED = "INSERT INTO entries (message) VALUES ('seeded for forks');\n"
+BATCH = 5  # rows per transaction of the writer, whose amounts sum to zero
+
+
+@pytest.fixture(scope="module")
+def site(
+    engine: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestSite]:
+    made = make_site(
+        engine,
+        tmp_path_factory.mktemp("branches"),
+        environments={
+            "app": APP,
+            "app_port": 8080,
+            "image": "cidemo/guestbook:{sha}",
+            "build": str(REPO / "examples" / "guestbook"),
+            "router_port": free_port(),
+            "max_previews": 8,
+            "preview_limits": {
+                "app": {"cpus": 1.0, "memory_mb": 256},
+                "database": {"cpus": 0.75, "memory_mb": 192},
+            },
+        },
+    )
+    try:
+        result = provision_converged(made)
+        assert result.rc == 0, result.err + result.out
+        yield made
+    finally:
+        remove_site_apps(engine, made.name)
+        remove_site([engine], made.name)
+
+
+def root(site: TestSite) -> pymysql.connections.Connection:
+    return pymysql.connect(
+        host="127.0.0.1",
+        port=site.rw_port,
+        user="root",
+        password=site.secret("root_password"),
+        autocommit=True,
+        connect_timeout=5,
+    )
+
+
+def sql(conn: Any, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(statement, args or None)
+        return list(cur.fetchall())
+
+
+def branch(engine: docker.DockerClient, site: TestSite, pr: int) -> Any:
+    return engine.containers.get(f"cidemo-{site.name}-db-pr-{pr}-{APP}")
+
+
+def in_branch(container: Any, statement: str, user: str | None = None, password: str = "") -> str:
+    """A statement in a preview's database: as root over its socket, or as the app's user over
+    TCP (the password in the exec's environment: a test's shortcut, never the product's)."""
+    cmd = ["mariadb", "-N", "-B", "-e", statement]
+    env = None
+    if user:
+        cmd[1:1] = ["-h", "127.0.0.1", "-u", user]
+        env = {"MYSQL_PWD": password}
+    result = container.exec_run(cmd, environment=env)
+    assert result.exit_code == 0, result.output.decode(errors="replace")
+    return str(result.output.decode().strip())
+
+
+def env_cli(site: TestSite, *args: str, path: Path | None = None) -> Any:
+    from tests.conftest import run_cidemo
+
+    return run_cidemo(
+        "env", *args, "--site", str(path or site.path), "--state-dir", str(site.state)
+    )
+
+
+def test_staging_and_another_database_on_the_cluster(site: TestSite) -> None:
+    conn = root(site)
+    for db in (STAGE, OTHER):
+        sql(conn, f"CREATE DATABASE {db} CHARACTER SET utf8mb4")
+        sql(
+            conn,
+            f"CREATE TABLE {db}.entries (id INT AUTO_INCREMENT PRIMARY KEY, "
+            "message VARCHAR(500) NOT NULL, created TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+        )
+    sql(
+        conn,
+        f"CREATE TABLE {STAGE}.ledger (id INT AUTO_INCREMENT PRIMARY KEY, batch INT NOT NULL, "
+        "amount INT NOT NULL, KEY (batch))",
+    )
+    sql(conn, f"CREATE VIEW {STAGE}.recent AS SELECT message FROM {STAGE}.entries")
+    sql(conn, f"INSERT INTO {STAGE}.entries (message) VALUES ('staging 1'), ('staging 2')")
+    sql(conn, f"INSERT INTO {OTHER}.entries (message) VALUES ('not staging')")
+    conn.close()
+
+
+def test_snapshot_holds_stagings_database_only(engine: docker.DockerClient, site: TestSite) -> None:
+    result = env_cli(site, "snapshot")
+    assert result.rc == 0, result.err
+    refs = result.out.split()
+    assert [r.split(":")[1].split("-")[0] for r in refs] == ["full", "schema"]
+    image = engine.images.get(refs[0])
+    labels = image.labels
+    assert labels["io.cidemo.site"] == site.name
+    assert labels["io.cidemo.role"] == "snapshot"
+    assert labels["io.cidemo.snapshot.kind"] == "full"
+    assert labels["io.cidemo.snapshot.source"] == STAGE
+    assert (
+        not image.attrs["Config"].get("Volumes")
+        or "/var/lib/cidemo/branch" not in (image.attrs["Config"]["Volumes"])
+    )
+    box = engine.containers.run(
+        refs[0],
+        detach=True,
+        tmpfs={"/var/lib/mysql": "size=64k"},
+        labels={"io.cidemo.apps-of": site.name, "io.cidemo.role": "preview-db"},
+    )
+    try:
+        from cidemo_infra.databases.branches import wait_ready
+
+        wait_ready(box, "root")
+        databases = set(in_branch(box, "SHOW DATABASES").split())
+        assert databases == {STAGE, "information_schema", "mysql", "performance_schema", "sys"}
+        users = set(in_branch(box, "SELECT CONCAT(User, '@', Host) FROM mysql.global_priv").split())
+        assert users <= {"root@localhost", "mysql@localhost", "mariadb.sys@localhost"}, users
+        assert in_branch(box, f"SELECT COUNT(*) FROM {STAGE}.entries") == "2"
+        assert in_branch(box, f"SELECT COUNT(*) FROM {STAGE}.recent") == "2"  # its definer dropped
+    finally:
+        box.remove(force=True, v=True)
+    # the root password the dump ran with is in no file of the snapshot's own layer
+    password = site.secret("root_password").encode()
+    layer = Path(image.attrs["GraphDriver"]["Data"]["UpperDir"])
+    for path in layer.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert password not in path.read_bytes(), path
+
+
+def test_previews_branch_and_their_writes_stay_their_own(
+    engine: docker.DockerClient, site: TestSite
+) -> None:
+    for pr in (1, 2):
+        result = env_cli(site, "up", "--pr", str(pr))
+        assert result.rc == 0, result.err
+        assert "database branched from cidemo-snapshot/" in result.err + result.out
+    one, two = branch(engine, site, 1), branch(engine, site, 2)
+    password = site.secret(f"app-db-pr-1-{APP}")
+    in_branch(one, f"INSERT INTO {STAGE}.entries (message) VALUES ('preview 1')", "pr_1", password)
+    assert in_branch(one, f"SELECT COUNT(*) FROM {STAGE}.entries") == "3"
+    assert in_branch(two, f"SELECT COUNT(*) FROM {STAGE}.entries") == "2"
+    conn = root(site)
+    assert sql(conn, f"SELECT COUNT(*) FROM {STAGE}.entries")[0][0] == 2
+    # the preview's user exists on its branch only, granted on its database only
+    assert sql(conn, "SELECT User FROM mysql.user WHERE User LIKE 'pr\\_%%'") == []
+    conn.close()
+    shown = in_branch(one, "SHOW DATABASES", "pr_1", password).split()
+    assert set(shown) == {"information_schema", STAGE}
+    denied = one.exec_run(
+        ["mariadb", "-h", "127.0.0.1", "-u", "pr_1", "-e", "SELECT 1"],
+        environment={"MYSQL_PWD": site.secret(f"app-db-pr-2-{APP}")},
+    )
+    assert denied.exit_code != 0
+    # the app reaches its branch by name; its password only as a secret file
+    service = engine.api.inspect_service(f"cidemo-{site.name}-app-pr-1-{APP}")
+    settings = dict(
+        e.split("=", 1) for e in service["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    )
+    assert settings["DB_HOST"] == one.name and settings["DB_NAME"] == STAGE
+    assert settings["DB_USER"] == "pr_1" and "DB_PASS" not in settings
+    for container in (one, two):
+        assert password not in json.dumps(container.attrs["Config"])
+        assert container.exec_run(["test", "-e", "/etc/cidemo-branch/init.sql"]).exit_code == 1
+
+
+def test_a_branch_taken_during_staging_writes_is_consistent(
+    engine: docker.DockerClient, site: TestSite
+) -> None:
+    stop = threading.Event()
+    committed: list[int] = []
+
+    def write() -> None:
+        conn = root(site)
+        batch = 0
+        deadline = time.monotonic() + 300
+        while not stop.is_set() and time.monotonic() < deadline and batch < 20000:
+            batch += 1
+            amounts = [batch, -batch, 2 * batch, -2 * batch, 0]
+            conn.begin()
+            with conn.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {STAGE}.ledger (batch, amount) VALUES (%s, %s)",
+                    [(batch, a) for a in amounts],
+                )
+            conn.commit()
+            committed.append(batch)
+        conn.close()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        while len(committed) < 20:
+            time.sleep(0.1)
+        before = len(committed)
+        result = env_cli(site, "snapshot", "--kind", "full")
+        during = len(committed) - before
+    finally:
+        stop.set()
+        writer.join(60)
+    assert result.rc == 0, result.err
+    assert during > 0, "staging's writes stopped while the snapshot was taken"
+    assert env_cli(site, "up", "--pr", "3").rc == 0
+    three = branch(engine, site, 3)
+    assert three.labels["io.cidemo.snapshot"] == result.out.strip()
+    broken = in_branch(
+        three,
+        f"SELECT batch FROM {STAGE}.ledger GROUP BY batch "
+        f"HAVING COUNT(*) <> {BATCH} OR SUM(amount) <> 0",
+    )
+    assert broken == ""
+    assert int(in_branch(three, f"SELECT COUNT(DISTINCT batch) FROM {STAGE}.ledger")) >= 20
+
+
+def test_a_forks_preview_gets_the_schema_with_no_rows(
+    engine: docker.DockerClient, site: TestSite
+) -> None:
+    result = env_cli(site, "up", "--pr", "4", "--fork")
+    assert result.rc == 0, result.err
+    four = branch(engine, site, 4)
+    assert ":schema-" in four.labels["io.cidemo.snapshot"]
+    tables = set(in_branch(four, f"SHOW TABLES FROM {STAGE}").split())
+    assert {"entries", "ledger", "recent"} <= tables
+    assert in_branch(four, f"SELECT COUNT(*) FROM {STAGE}.entries") == "0"
+    assert in_branch(four, f"SELECT COUNT(*) FROM {STAGE}.ledger") == "0"
+
+
+def test_a_seed_script_fills_a_forks_preview(
+    engine: docker.DockerClient, site: TestSite, tmp_path: Path
+) -> None:
+    data = dict(site.data)
+    data["environments"] = {**data["environments"], "fork_data": "seed", "fork_script": "seed.sql"}
+    seeded = site.path.parent / "seeded.yaml"
+    (site.path.parent / "seed.sql").write_text(SEED)
+    seeded.write_text(yaml.safe_dump(data))
+    result = env_cli(site, "up", "--pr", "5", "--fork", path=seeded)
+    assert result.rc == 0, result.err
+    five = branch(engine, site, 5)
+    assert ":seed-" in five.labels["io.cidemo.snapshot"]
+    assert in_branch(five, f"SELECT message FROM {STAGE}.entries") == "seeded for forks"
+    assert in_branch(five, f"SELECT COUNT(*) FROM {STAGE}.ledger") == "0"
+
+
+def test_a_snapshot_being_taken_does_not_hold_up_a_new_preview(
+    engine: docker.DockerClient, site: TestSite
+) -> None:
+    with snapshot_lock(StateDir(site.state, site.name), "full", wait=5):
+        result = env_cli(site, "up", "--pr", "6")
+    assert result.rc == 0, result.err
+    assert branch(engine, site, 6).status == "running"
+
+
+def test_limits_are_applied(engine: docker.DockerClient, site: TestSite) -> None:
+    host = branch(engine, site, 1).attrs["HostConfig"]
+    assert host["NanoCpus"] == 750_000_000
+    assert host["Memory"] == host["MemorySwap"] == 192 << 20
+    service = engine.api.inspect_service(f"cidemo-{site.name}-app-pr-1-{APP}")
+    limits = service["Spec"]["TaskTemplate"]["Resources"]["Limits"]
+    assert limits == {"NanoCPUs": 1_000_000_000, "MemoryBytes": 256 << 20}
+    for member in engine.containers.list(
+        filters={"label": [f"io.cidemo.site={site.name}", "io.cidemo.role=galera"]}
+    ):
+        assert member.attrs["HostConfig"]["CpuShares"] == 4096
+        assert member.attrs["HostConfig"]["MemoryReservation"] == 1024 << 20
+
+
+def test_env_list_shows_the_snapshot_of_each_preview(site: TestSite) -> None:
+    result = env_cli(site, "list", "--json")
+    assert result.rc == 0, result.err
+    rows = {r["name"]: r for r in json.loads(result.out)}
+    assert rows[f"pr-1-{APP}"]["snapshot"].startswith(
+        f"cidemo-snapshot/{site.name}-stage-{APP}:full-"
+    )
+    assert ":schema-" in rows[f"pr-4-{APP}"]["snapshot"]
+
+
+def test_env_down_leaves_no_container_and_no_volume(
+    engine: docker.DockerClient, site: TestSite
+) -> None:
+    one = branch(engine, site, 1)
+    assert [m["Type"] for m in one.attrs["Mounts"]] in ([], ["tmpfs"])
+    assert not [m for m in one.attrs["Mounts"] if m["Type"] == "volume"]
+    result = env_cli(site, "down", "--pr", "1", "--yes")
+    assert result.rc == 0, result.err
+    with pytest.raises(docker.errors.NotFound):
+        engine.containers.get(one.id)
+    assert not engine.api.containers(all=True, filters={"label": f"io.cidemo.env=pr-1-{APP}"})
+    assert branch(engine, site, 2).status == "running"
