@@ -113,7 +113,7 @@ def test_smoke_names_every_failure_and_one_provision_heals_them(engine, site: Te
     healed = site.cidemo("provision")
     assert healed.rc == 0, healed.err + healed.out
     for name in stopped:
-        assert f"start {name}" in healed.out, healed.out
+        assert f"start {name}" in healed.err, healed.err  # progress lines go to stderr
     assert_smoke_passes(site)
 
 
