@@ -14,10 +14,8 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import ssl
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -39,8 +37,7 @@ from tests.integration.conftest import (
     start_process,
     stop_process,
 )
-from tests.integration.test_environments import Env, _listens, payload, wait_for
-from tests.support.recording_github import RecordingGitHub
+from tests.integration.test_environments import Env, _listens, payload, wait_for, webhook_server
 
 pytestmark = pytest.mark.integration
 # The layer-cache and newest-wins cases rebuild the app twice more: make test-builds
@@ -56,7 +53,6 @@ DOMAIN = "cidemo.test"
 PR, FORK_PR = 21, 22
 GIT_TOKEN = "gittok-" + secrets.token_hex(12)  # a made-up token: it must never reach a fork
 TEST_COMMAND = ["python3", "/usr/local/lib/guestbook/test_guestbook.py"]
-GITHUB_TOKEN = "ghp_" + secrets.token_hex(18)
 
 
 @dataclass
@@ -166,60 +162,8 @@ def envs(site: TestSite, repos: Repos) -> Iterator[Env]:
     # under load a Galera registration may lapse for a moment: builds do not depend on them
     lapsed = "smoke checks failed: database registrations" in result.err
     assert result.rc == 0 or lapsed, result.err + result.out
-    secret = secrets.token_urlsafe(24)
-    path = site.state / "secrets" / "webhook_secret"
-    path.write_text(secret + "\n")
-    path.chmod(0o600)
-    port = free_port()
-    log = (site.state / "webhook.log").open("w")
-    github = RecordingGitHub().__enter__()
-    github.permissions["paulczar"] = "admin"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CIDEMO_GITHUB")}
-    env |= {
-        "CIDEMO_GITHUB_API": github.url,
-        "CIDEMO_GITHUB_TOKEN": GITHUB_TOKEN,
-        "CIDEMO_GIT_TOKEN": GIT_TOKEN,
-        "NO_COLOR": "1",
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cidemo_infra",
-            "webhook",
-            "serve",
-            "--site",
-            str(site.path),
-            "--state-dir",
-            str(site.state),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=REPO,
-    )
-    try:
-        wait_for("the webhook server to listen", lambda: _listens(port) or None, 30)
-        yield Env(
-            site,
-            f"http://127.0.0.1:{port}/github",
-            secret,
-            int(site.data["environments"]["router_port"]),
-            github,
-        )
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(120)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
-        log.close()
-        github.__exit__()
+    with webhook_server(site, {"CIDEMO_GIT_TOKEN": GIT_TOKEN}, workers=2) as served:
+        yield served
 
 
 def pull_request(action: str, number: int, sha: str, clone_url: str) -> dict[str, Any]:

@@ -305,6 +305,15 @@ def app_images(engine: docker.DockerClient) -> Iterator[dict[str, str]]:
 def envs(site: TestSite) -> Iterator[Env]:
     result = provision_converged(site)
     assert result.rc == 0, result.err + result.out
+    with webhook_server(site, {}, workers=3) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def webhook_server(site: TestSite, extra_env: dict[str, str], workers: int) -> Iterator[Env]:
+    """`cidemo webhook serve` of the site on a free loopback port, with a fresh webhook secret and
+    a recording GitHub stand-in (the fixtures' maintainer `paulczar` may label fork PRs); stopped
+    with SIGTERM (then killed) on exit. Its log: `<state>/webhook.log`."""
     secret = secrets.token_urlsafe(24)
     path = site.state / "secrets" / "webhook_secret"
     path.write_text(secret + "\n")
@@ -314,7 +323,8 @@ def envs(site: TestSite) -> Iterator[Env]:
     github = RecordingGitHub().__enter__()
     github.permissions["paulczar"] = "admin"  # the fixtures' maintainer, who labels fork PRs
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIDEMO_GITHUB")}
-    env |= {"CIDEMO_GITHUB_API": github.url, "CIDEMO_GITHUB_TOKEN": GITHUB_TOKEN}
+    env |= {"CIDEMO_GITHUB_API": github.url, "CIDEMO_GITHUB_TOKEN": GITHUB_TOKEN, "NO_COLOR": "1"}
+    env |= extra_env
     server = subprocess.Popen(
         [
             sys.executable,
@@ -329,11 +339,11 @@ def envs(site: TestSite) -> Iterator[Env]:
             "--listen",
             f"127.0.0.1:{port}",
             "--workers",
-            "3",
+            str(workers),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**env, "NO_COLOR": "1"},
+        env=env,
         cwd=REPO,
     )
     try:
