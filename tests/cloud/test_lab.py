@@ -46,6 +46,15 @@ NODES = ("deis-1", "deis-2", "deis-3", "standalone-1")
 BASE_IMAGE = "cidemo/debian:bookworm-slim"
 PROBE = "exec 3<>/dev/tcp/169.254.169.254/80 && echo reached"
 SHA = "1ab5c0de" * 5
+ETCD_FILES = "/etc/ssl/certs"  # where cloud-config puts etcd's CA, certificate and key
+ETCD_TLS = (
+    "--endpoints=https://127.0.0.1:2379",
+    f"--cacert={ETCD_FILES}/cidemo-etcd-ca.pem",
+    f"--cert={ETCD_FILES}/cidemo-etcd-server.pem",
+    f"--key={ETCD_FILES}/cidemo-etcd-server-key.pem",
+)
+# the apps' firewall: a port of the node itself (INPUT) and of another node (DOCKER-USER)
+FENCED = "exec 3<>/dev/tcp/{host}/{port} && echo reached"
 
 
 @dataclass
@@ -109,8 +118,9 @@ class LabSite:
     def write_survives(self) -> bool:
         try:
             with self.database() as cur:
-                cur.execute("CREATE TABLE IF NOT EXISTS pr_7.lost (id INT PRIMARY KEY)")
-                cur.execute("REPLACE INTO pr_7.lost VALUES (1)")
+                cur.execute("CREATE DATABASE IF NOT EXISTS lab_lost")
+                cur.execute("CREATE TABLE IF NOT EXISTS lab_lost.lost (id INT PRIMARY KEY)")
+                cur.execute("REPLACE INTO lab_lost.lost VALUES (1)")
             return True
         except pymysql.MySQLError:
             return False
@@ -214,8 +224,14 @@ def test_provision_on_lab_nodes_converges_and_checks(conn: Connection, lab_site:
     for name in NODES:
         code, result = run_in(site.node(name), "cat", "/run/cidemo-lab/result")
         assert (code, result.strip()) == (0, "ok"), f"{name}: {result}"
-    code, members = run_in(site.node("deis-1"), "etcdctl", "member", "list")
+    # etcd answers only clients with a certificate of the site CA, on 127.0.0.1 too
+    code, members = run_in(site.node("deis-1"), "etcdctl", *ETCD_TLS, "member", "list")
     assert code == 0 and members.count("started") == 3, members
+    code, refused = run_in(
+        site.node("deis-1"), "etcdctl", "--endpoints=https://127.0.0.1:2379",
+        f"--cacert={ETCD_FILES}/cidemo-etcd-ca.pem", "--dial-timeout=5s", "member", "list",
+    )  # fmt: skip
+    assert code != 0 and "started" not in refused, refused
 
     smoke = site.cidemo("smoke")
     assert smoke.rc == 0, smoke.out + smoke.err
@@ -255,7 +271,11 @@ def test_previews_run_on_a_swarm_of_the_three_deis_nodes(lab_site: LabSite) -> N
     assert preview.rc == 0, preview.out + preview.err
 
     # the router follows etcd: a route is live a moment after env up wrote it
-    for env, database in (("pr-7-guestbook", "pr_7"), ("stage-guestbook", "stage_guestbook")):
+    # the preview's database is a branch of staging's snapshot: staging's name, its own server
+    for env, database in (
+        ("pr-7-guestbook", "stage_guestbook"),
+        ("stage-guestbook", "stage_guestbook"),
+    ):
         wait_until(f"{env} answers", lambda env=env: site.page(env)[0] == 200, 60)
         status, page = site.page(env)
         assert (status, page["database"], page["version"]) == (200, database, SHA), page
@@ -272,6 +292,21 @@ def test_previews_run_on_a_swarm_of_the_three_deis_nodes(lab_site: LabSite) -> N
     )  # fmt: skip
     assert code != 0 and "reached" not in out, out
 
+    # the apps' firewall: from the overlay, neither this node's etcd and Galera ports (INPUT)
+    # nor another node's (DOCKER-USER) answer, while the node itself reaches them
+    inventory = site.inventory()
+    own, other = (str(inventory.node(n).private_ip) for n in ("deis-1", "deis-2"))
+    for host, port in ((own, 2379), (own, 3306), (other, 2379), (other, 4567)):
+        code, out = run_in(
+            site.node("deis-1"), "docker", "run", "--rm", "--network", overlay, BASE_IMAGE,
+            "timeout", "10", "bash", "-c", FENCED.format(host=host, port=port),
+        )  # fmt: skip
+        assert code != 0 and "reached" not in out, f"{host}:{port} {out}"
+    code, out = run_in(
+        site.node("deis-1"), "timeout", "10", "bash", "-c", FENCED.format(host=other, port=2379)
+    )
+    assert (code, out.strip()) == (0, "reached"), out
+
 
 @lab_full
 def test_a_lost_deis_node_is_named_and_the_site_goes_on(lab_site: LabSite) -> None:
@@ -283,7 +318,7 @@ def test_a_lost_deis_node_is_named_and_the_site_goes_on(lab_site: LabSite) -> No
     # to the lost member dies with it), a new one writes and reads
     wait_until("a write through the proxy succeeds", site.write_survives, 90)
     with site.database() as cur:
-        cur.execute("SELECT COUNT(*) FROM pr_7.lost")
+        cur.execute("SELECT COUNT(*) FROM lab_lost.lost")
         assert cur.fetchone() == (1,)
     # Swarm runs the preview's task elsewhere, and it answers again
     wait_until(
