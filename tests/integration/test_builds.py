@@ -226,7 +226,8 @@ def test_pull_request_is_fetched_built_tested_pushed_and_previewed(
     )
     assert status == 202, text
     page = wait_for(f"{env} answering with {sha[:12]}", lambda: envs.serving(env, sha), 400)
-    assert page["database"] == f"pr_{PR}"
+    assert page["database"] == "stage_guestbook"  # staging's name, in the preview's own branch
+    engine.containers.get(f"cidemo-{envs.site.name}-db-{env}")  # that branch
     image = f"127.0.0.1:{_registry_port(envs.site)}/{APP}:{sha}"
     spec = engine.api.inspect_service(f"cidemo-{envs.site.name}-app-{env}")
     assert spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].startswith(image)
