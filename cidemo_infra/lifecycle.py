@@ -387,7 +387,7 @@ def place_services(
             if dry_run:
                 PlanResult(actions=actions).print(reporter)
                 return
-            _ensure_site_tls(session)
+            ensure_site_tls(session)
             if not actions:
                 reporter.line("no changes: the site is converged (0 actions)")
             else:
@@ -430,7 +430,7 @@ def _fences_this_machine(site: Site) -> bool:
     )
 
 
-def _ensure_site_tls(session: Session) -> None:
+def ensure_site_tls(session: Session) -> None:
     """The site CA and the certificates the services present: etcd's and each component's
     client certificate, a server certificate per node (MySQL, and etcd on cloud nodes).
     openstack: rendering made them already, with the nodes' every address."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import itertools
 import json
 from dataclasses import asdict, dataclass, field
@@ -139,10 +140,21 @@ def has_router(site: Site) -> bool:
     return "environments" in site.model_fields_set and site.environments.platform == "swarm"
 
 
-def site_cidrs(site: Site) -> str:
-    """The site's networks (comma-separated): the only addresses the proxy takes members from."""
+def site_cidrs(site: Site, inventory: Inventory | None = None) -> str:
+    """The site's networks (comma-separated): the only addresses the proxy takes members from.
+    A cloud site's is its private network, and each node's own address where the cloud gave one
+    outside it (the inventory is what Terraform reported)."""
     if site.target != "local":
-        return str(site.network.cidr)
+        network = ipaddress.ip_network(str(site.network.cidr))
+        nodes = inventory.nodes if inventory is not None else ()
+        outside = sorted(
+            {
+                f"{n.private_ip}/32"
+                for n in nodes
+                if ipaddress.ip_address(n.private_ip) not in network
+            }
+        )
+        return ",".join([str(network), *outside])
     return ",".join(sorted({str(site.subnet_of(site.engine_of(n))) for n in site.nodes}))
 
 
@@ -230,7 +242,7 @@ def desired_specs(site: Site, inventory: Inventory, images: dict[str, str]) -> l
             standalone,
             "dbproxy",
             images["dbproxy"],
-            extra_env=(("PROXY_KIND", proxy.kind), ("BACKEND_CIDRS", site_cidrs(site))),
+            extra_env=(("PROXY_KIND", proxy.kind), ("BACKEND_CIDRS", site_cidrs(site, inventory))),
             ports=((PROXY_RW_PORT, proxy.rw_port), (PROXY_RO_PORT, proxy.ro_port)),
             secrets=PROXY_SECRETS,
             tls_files=etcd_client_tls_files("dbproxy"),

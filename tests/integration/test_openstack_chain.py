@@ -8,7 +8,8 @@ stand-in module of built-in resources (tests/data/terraform/standin-openstack, s
 output shape as the real module) is applied by the real terraform. Its nodes' "floating IPs" are
 this machine's loopback, where a second dockerd serves the Docker API with TLS from the site's own
 CA, and it reports the nodes' private addresses 10.42.0.N as the loopback aliases 127.0.0.N, where
-a real etcd (Debian's, v2 API on) listens, as the etcd members on cloud nodes do. No traffic goes
+a real etcd (Debian's, v2 API on, TLS with client certificates) listens, as the etcd members on
+cloud nodes do. No traffic goes
 to 10.42.x.
 """
 
@@ -111,6 +112,9 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
     render_site(site, state, str(site_path))
     tls = state.tls_dir
     root = Path(f"/tmp/cidemo-chain-{name}")
+    # as on the nodes: https only, and only clients with a certificate of the site CA; its
+    # server certificate names the addresses the stand-in reports for the nodes
+    pki = ensure_pki(tls, site.name, {"chain-etcd": sorted(NODE_IPS.values())})
     etcd = start_process(
         [
             "etcd",
@@ -119,10 +123,17 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
             "--data-dir",
             str(work / "etcd"),
             "--enable-v2=true",
+            "--cert-file",
+            str(pki.server_cert_path("chain-etcd")),
+            "--key-file",
+            str(pki.server_key_path("chain-etcd")),
+            "--trusted-ca-file",
+            str(tls / "ca.pem"),
+            "--client-cert-auth",
             "--listen-client-urls",
-            ",".join(f"http://{ip}:2379" for ip in NODE_IPS.values()),
+            ",".join(f"https://{ip}:2379" for ip in NODE_IPS.values()),
             "--advertise-client-urls",
-            "http://127.0.0.14:2379",
+            "https://127.0.0.14:2379",
             "--listen-peer-urls",
             "http://127.0.0.11:2380",
             "--initial-advertise-peer-urls",

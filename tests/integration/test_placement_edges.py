@@ -38,6 +38,7 @@ def test_all_members_started_at_the_same_moment_bootstrap_exactly_once(
         Reporter(quiet=True),
         build=True,
     )
+    lifecycle.ensure_site_tls(session)  # what provision does first: the CA, the certificates
     executor = session.executor()
     actions = session.actions()
     executor.apply([a for a in actions if a.role in ("network", "etcd")])

@@ -97,7 +97,7 @@ def test_a_site_of_the_previous_layout_converges_with_nothing_recreated(
 
     upgraded = site.cidemo("provision")
     assert upgraded.rc == 0, upgraded.err + upgraded.out
-    assert "etcd-bridge serves plain HTTP on its old address" in upgraded.out
+    assert "etcd-bridge serves plain HTTP on its old address" in upgraded.out + upgraded.err
     registry = site.registry()
     assert registry.get(marker) == "kept"
     assert registry.get(guard_key("", site.name)) is not None  # the cluster's guard, too

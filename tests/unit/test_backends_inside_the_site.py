@@ -75,3 +75,27 @@ def test_maxscale_leaves_out_a_member_outside_the_site(caplog: pytest.LogCapture
     assert "10.0.0.9" in cfg
     assert "203.0.113.5" not in cfg
     assert "203.0.113.5:3306: not inside the site's network" in caplog.text
+
+
+def test_a_cloud_sites_backend_networks_are_its_network_and_its_nodes() -> None:
+    """The proxy of a cloud site takes members of the private network, and of the nodes' own
+    addresses where the cloud reported one outside it; nothing else."""
+    from cidemo_infra.inventory import Inventory, InventoryNode
+    from cidemo_infra.placement.specs import site_cidrs
+    from cidemo_infra.site import load_site
+    from tests.conftest import SITES
+
+    site = load_site(SITES / "openstack.example.yaml")
+
+    def inventory(*ips: str) -> Inventory:
+        nodes = tuple(
+            InventoryNode(f"n{i}", "deis", ip, None, "tcp://x:2376") for i, ip in enumerate(ips)
+        )
+        return Inventory(site.name, "openstack", nodes, "https://x:2379")
+
+    network = str(site.network.cidr)
+    assert site_cidrs(site) == network
+    assert site_cidrs(site, inventory("10.42.0.11", "10.42.0.12")) == network
+    assert site_cidrs(site, inventory("10.42.0.11", "127.0.0.12", "127.0.0.12")) == (
+        f"{network},127.0.0.12/32"
+    )
