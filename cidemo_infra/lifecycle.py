@@ -25,7 +25,7 @@ from cidemo_infra.errors import CloudError, EngineError, PlacementError, UsageEr
 from cidemo_infra.galera.member import member_status
 from cidemo_infra.galera.recovery import choose_bootstrap, move_guard, read_position
 from cidemo_infra.inventory import Inventory
-from cidemo_infra.placement import firewall
+from cidemo_infra.placement import branch_store, firewall
 from cidemo_infra.placement.apply import Executor
 from cidemo_infra.placement.observe import observe
 from cidemo_infra.placement.plan import Action, diff
@@ -404,13 +404,16 @@ def place_services(
                 bootstrap = _prepare_galera(session)
                 executor.apply(_bootstrap_first(session.actions(), bootstrap))
             _remove_etcd_bridge(session)
-            if _fences_this_machine(site):
+            if site.engines_here:
                 firewall.install(site.name, site_cidrs(site).split(","))
                 reporter.step(
                     "firewall: the apps' network cannot reach etcd, Docker or Galera "
                     f"(chains {firewall.chains(site.name).forward}, "
                     f"{firewall.chains(site.name).input})"
                 )
+                made = branch_store.ensure_local()  # the previews' databases branch there
+                if made:
+                    reporter.step(f"branch store: {made}")
             session.inventory.save(state.inventory_file)
             report = _smoke(session)
             report.print(reporter)
@@ -420,14 +423,6 @@ def place_services(
     if not report.passed:
         failed = ", ".join(c.name for c in report.failed())
         raise PlacementError(f"provisioned, but smoke checks failed: {failed}")
-
-
-def _fences_this_machine(site: Site) -> bool:
-    """local sites whose engines run on this machine get the apps' firewall (placement/firewall)
-    installed here; a cloud node's comes with its cloud-config."""
-    return site.target == "local" and all(
-        e.url.startswith("unix://") for e in site.engines.values()
-    )
 
 
 def ensure_site_tls(session: Session) -> None:
@@ -712,7 +707,7 @@ def destroy(
                     # the node goes with its server: what its swarm still holds goes too
                     reporter.step(f"engine {engine}: {exc}; left to terraform destroy")
             _remove_labelled(clients, doomed)
-            if _fences_this_machine(site):
+            if site.engines_here:
                 firewall.remove(site.name)
             if site.target == "local":
                 image_registry.untrust(site, state, local_inventory(site))

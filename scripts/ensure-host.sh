@@ -11,6 +11,7 @@ have etcdctl || need_pkgs+=(etcd-client)
 have debootstrap || need_pkgs+=(debootstrap)
 have docker-compose || need_pkgs+=(docker-compose)
 have socat || need_pkgs+=(socat)
+have mkfs.xfs || need_pkgs+=(xfsprogs) # the branch store (cidemo_infra/databases/store.py)
 
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) -ne 0 ]] || ! have apt-get; then

@@ -1,11 +1,11 @@
-"""A preview's database: its own MariaDB container, a branch of a snapshot image.
+"""A preview's database: its own MariaDB container, a branch of a snapshot.
 
-The container starts from the snapshot (`snapshots.py`): the snapshot's files are the image's
-layers, shared by every branch of it; what the preview writes lands in the container's upper
-layer. overlay2 copies a file up whole the first time it is opened for writing, and InnoDB opens a
-table's file read-write when the table is first used: so a branch costs what its server touches
-at start (about 16 MiB: redo log, system tablespace, the mysql schema) plus each table it uses,
-once. `remove` takes the container and its upper layer with it; there is no volume.
+The container runs the snapshot's image; its datadir is a directory of its own in the host's
+branch store (`placement/branch_store.py`), bind-mounted. At its first start the image's start
+script fills it with a reflink copy of the snapshot's files there: a few milliseconds whatever
+the size, since the copy shares the snapshot's blocks and a block is copied only when the branch
+writes it. So a branch costs its server's start, and its disk is what it writes. `remove` takes
+the container and its directory; it has no volume.
 
 The app's user is made at the first start from an init file put into the created container
 before it starts (never an env variable, label or argument), and the file is removed once the
@@ -35,8 +35,16 @@ from cidemo_infra.databases.database import (
     validate_database_name,
     validate_user_name,
 )
-from cidemo_infra.databases.snapshots import INIT_DIR, INIT_FILE, NO_VOLUME, Snapshot
+from cidemo_infra.databases.snapshots import (
+    INIT_DIR,
+    INIT_FILE,
+    LIVE_DATADIR,
+    NO_VOLUME,
+    SNAPSHOT_MOUNT,
+    Snapshot,
+)
 from cidemo_infra.engines import ENGINE_ERRORS
+from cidemo_infra.placement import branch_store
 from cidemo_infra.placement.specs import LABEL_ROLE
 from cidemo_infra.placement.teardown import LABEL_APPS_OF
 
@@ -145,6 +153,10 @@ def create(
     api = client.api
     host_config = api.create_host_config(
         restart_policy={"Name": "unless-stopped"},
+        binds={
+            branch_store.snapshot_dir(site, snapshot.short): {"bind": SNAPSHOT_MOUNT, "mode": "rw"},
+            branch_store.branch_dir(site, env): {"bind": LIVE_DATADIR, "mode": "rw"},
+        },
         tmpfs=NO_VOLUME,
         init=True,
         port_bindings={f"{PORT}/tcp": (placement.publish_on, None)}
@@ -183,6 +195,8 @@ def create(
     except BaseException:
         with contextlib.suppress(docker.errors.APIError):
             api.remove_container(created["Id"], force=True, v=True)
+        with contextlib.suppress(branch_store.StoreError):
+            branch_store.remove_branch(client, snapshot.ref, site, env)
         raise
 
 
@@ -254,7 +268,7 @@ def list_all(clients: Mapping[str, docker.DockerClient], site: str) -> dict[str,
 
 
 def remove(clients: Mapping[str, docker.DockerClient], site: str, env: str) -> bool:
-    """Remove `env`'s branch with its writes (the container's layer; it has no volume)."""
+    """Remove `env`'s branch with its writes: the container, then its files in the branch_store."""
     removed = False
     flt = {
         "label": [f"{LABEL_APPS_OF}={site}", f"{LABEL_ROLE}={ROLE_BRANCH}", f"{LABEL_ENV}={env}"]
@@ -263,6 +277,7 @@ def remove(clients: Mapping[str, docker.DockerClient], site: str, env: str) -> b
         try:
             for found in client.api.containers(all=True, filters=flt):
                 client.api.remove_container(found["Id"], force=True, v=True)
+                branch_store.remove_branch(client, str(found["Image"]), site, env)
                 removed = True
         except docker.errors.NotFound:
             continue
@@ -270,4 +285,6 @@ def remove(clients: Mapping[str, docker.DockerClient], site: str, env: str) -> b
             raise DatabaseError(
                 f"engine {name}: cannot remove the database of {env}: {exc}"
             ) from None
+        except branch_store.StoreError as exc:
+            raise DatabaseError(f"engine {name}: the database of {env}: {exc}") from None
     return removed

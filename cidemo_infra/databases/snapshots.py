@@ -38,6 +38,9 @@ import docker.errors
 
 from cidemo_infra.databases.database import DatabaseError, validate_database_name
 from cidemo_infra.engines import ENGINE_ERRORS
+from cidemo_infra.placement import branch_store
+from cidemo_infra.placement.branch_store import EXIT_NO_REFLINKS
+from cidemo_infra.placement.branch_store import STORE as STORE_PATH
 from cidemo_infra.placement.specs import LABEL_ROLE, LABEL_SITE
 from cidemo_infra.placement.teardown import LABEL_APPS_OF
 
@@ -50,7 +53,10 @@ LABEL_KIND = "io.cidemo.snapshot.kind"
 LABEL_SOURCE = "io.cidemo.snapshot.source"  # the database it was taken of
 LABEL_ENV = "io.cidemo.snapshot.env"  # the environment whose database that is
 LABEL_TAKEN = "io.cidemo.snapshot.taken"  # UTC, 20261202T031500.123456Z: sorts by time
-DATADIR = "/var/lib/cidemo/branch"
+DATADIR = "/var/lib/cidemo/branch"  # the snapshot's files in its image (the builder's datadir)
+SNAPSHOT_MOUNT = "/var/lib/cidemo/snapshot"  # a branch's view of its snapshot in the store
+LIVE_DATADIR = "/var/lib/cidemo/live"  # a branch's own datadir: its reflink copy in the store
+BRANCHED = ".cidemo-branched"  # in LIVE_DATADIR once the copy is complete
 START = "/usr/local/bin/cidemo-branch-start"
 INIT_DIR = "/etc/cidemo-branch"
 INIT_FILE = f"{INIT_DIR}/init.sql"
@@ -88,17 +94,53 @@ wsrep_on                       = OFF
 wsrep_provider                 = none
 """
 
-# Root only until mariadbd starts; the init file (the app user) is put in by the tool before the
-# first start, read by mariadbd as mysql, and removed by the tool once the server answers.
+# The branch's start. The first time: its files, a reflink copy of the snapshot's in the host's
+# branch store (`placement/branch_store.py`), which gets them from this image's layer when no
+# branch of it started on this host before (`--prepare` does only that, for the tool). Root only
+# until mariadbd starts; the init file (the app user) is put in by the tool before the first
+# start, read by mariadbd as mysql, and removed by the tool once the server answers.
 START_SCRIPT = f"""#!/bin/sh
 set -eu
+snap={SNAPSHOT_MOUNT}
+live={LIVE_DATADIR}
+prepare() {{
+  [ -f "$snap/.ready" ] && return 0
+  exec 9>"$snap/.lock"
+  flock 9
+  if [ ! -f "$snap/.ready" ]; then
+    rm -rf "$snap/data" "$snap/data.tmp" "$snap/.reflink-probe"
+    cp -R --preserve=mode,timestamps {DATADIR} "$snap/data.tmp"
+    if ! cp --reflink=always "$snap/data.tmp/ibdata1" "$snap/.reflink-probe" 2>/dev/null; then
+      rm -rf "$snap/data.tmp" "$snap/.reflink-probe"
+      echo "cidemo: no reflinks in the branch store {STORE_PATH} on this host" \\
+        "(XFS or btrfs: cidemo-branch-store.service)" >&2
+      exit {EXIT_NO_REFLINKS}
+    fi
+    rm -f "$snap/.reflink-probe"
+    mv "$snap/data.tmp" "$snap/data"
+    touch "$snap/.ready"
+  fi
+  exec 9>&-
+}}
+if [ "${{1:-}}" = --prepare ]; then
+  prepare
+  exit 0
+fi
 install -d -o mysql -g mysql -m 0755 /run/mysqld
+if [ ! -f "$live/{BRANCHED}" ]; then
+  prepare
+  find "$live" -mindepth 1 -delete
+  cp -a "$snap/data/." "$live/"
+  chown -R mysql:mysql "$live"
+  chmod 0750 "$live"
+  touch "$live/{BRANCHED}"
+fi
 if [ -f {INIT_FILE} ]; then
   chown mysql:mysql {INIT_FILE}
   chmod 0600 {INIT_FILE}
   set -- "--init-file={INIT_FILE}" "$@"
 fi
-exec mariadbd --user=mysql "$@"
+exec mariadbd --user=mysql --datadir="$live" "$@"
 """
 
 
@@ -316,7 +358,22 @@ def take(
             made.append(_commit(box, site, env, database, kind, taken))
             if kind != order[-1]:
                 _start_server(box)
+    for snap in made:
+        prepare(client, site, snap)
     return made
+
+
+def prepare(client: docker.DockerClient, site: str, snap: Snapshot) -> None:
+    """The snapshot's files into the branch store of `client`'s host (once: a no-op when there);
+    fails when the store has no reflinks."""
+    branch_store.run(
+        client,
+        snap.ref,
+        [START, "--prepare"],
+        f"prepare {snap.ref}",
+        site=site,
+        binds={branch_store.snapshot_dir(site, snap.short): SNAPSHOT_MOUNT},
+    )
 
 
 def _start_server(box: Any, *options: str) -> None:
@@ -437,13 +494,17 @@ def ship(
 
 
 def gc(client: docker.DockerClient, site: str, keep: Sequence[str] = ()) -> list[str]:
-    """Remove the site's snapshots on one engine but the newest of each kind and `keep`, unless
-    a container (a preview's database) still uses one; returns the refs removed."""
+    """Remove the site's snapshots on one engine, image and store files, but the newest of each
+    kind and `keep`, unless a container (a preview's database) still uses one; returns the refs
+    removed. (A branch does not need its snapshot's files once it has started: its copy shares
+    their blocks, and removing the snapshot's leaves them to the branch.)"""
     newest: set[str] = set()
-    removed = []
+    removed: list[Snapshot] = []
+    kept = ""
     for snap in snapshots(client, site):
         if snap.kind not in newest:
             newest.add(snap.kind)
+            kept = kept or snap.ref
             continue
         if snap.ref in keep:
             continue
@@ -453,15 +514,7 @@ def gc(client: docker.DockerClient, site: str, keep: Sequence[str] = ()) -> list
             client.api.remove_image(snap.ref)
         except docker.errors.APIError:
             continue  # used by a container created meanwhile: the next gc removes it
-        removed.append(snap.ref)
-    return removed
-
-
-def remove_all(client: docker.DockerClient, site: str) -> list[str]:
-    """Every snapshot image of the site on one engine (for `cidemo destroy`)."""
-    removed = []
-    for snap in snapshots(client, site):
-        with contextlib.suppress(docker.errors.APIError):
-            client.api.remove_image(snap.ref, force=True)
-            removed.append(snap.ref)
-    return removed
+        removed.append(snap)
+    if removed and kept:
+        branch_store.remove_snapshots(client, kept, site, [s.short for s in removed])
+    return [s.ref for s in removed]

@@ -45,6 +45,7 @@ from cidemo_infra.envs.names import Environment
 from cidemo_infra.errors import CidemoError, UsageError
 from cidemo_infra.lifecycle import SECRETS, Session, open_session
 from cidemo_infra.pipeline.github import PullRequests
+from cidemo_infra.placement import branch_store
 from cidemo_infra.placement.specs import (
     LABEL_ROLE,
     PROXY_RW_PORT,
@@ -336,7 +337,10 @@ def take_snapshots(ctx: EnvContext, kinds: Sequence[str]) -> list[snapshots.Snap
         targets.pop(engine, None)
         copied: set[str] = set()
         for snap in made:
-            copied.update(snapshots.ship(client, targets, snap.ref))
+            shipped_to = snapshots.ship(client, targets, snap.ref)
+            for target in shipped_to:  # its files into that host's branch store now, not
+                snapshots.prepare(targets[target], ctx.site.name, snap)  # at a first branch
+            copied.update(shipped_to)
         for target in {engine: client, **targets}.values():
             snapshots.gc(target, ctx.site.name, keep=tuple(s.ref for s in made))
     shipped = f", copied to {', '.join(sorted(copied))}" if copied else ""
@@ -421,6 +425,8 @@ def _ensure_branch(
     )
     _, builder = _builder(ctx)
     snapshots.ship(builder, {placement.engine: clients[placement.engine]}, snap.ref)
+    if ctx.site.engines_here:
+        branch_store.ensure_local()  # mounted again after a reboot, before any branch starts
     started = time.monotonic()
     limits = ctx.site.environments.preview_limits.database
     made = branches.create(

@@ -13,6 +13,7 @@ from cidemo_infra.site import Site
 
 LABEL_SITE = "io.cidemo.site"
 LABEL_ROLE = "io.cidemo.role"
+LABEL_APPS_OF = "io.cidemo.apps-of"  # what the site's apps own (placement/teardown.py)
 LABEL_NODE = "io.cidemo.node"
 LABEL_SPEC = "io.cidemo.spec"
 

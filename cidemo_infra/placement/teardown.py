@@ -16,12 +16,12 @@ import docker
 import docker.errors
 
 from cidemo_infra.errors import EngineError
-from cidemo_infra.placement.specs import LABEL_SITE
+from cidemo_infra.placement import branch_store
+from cidemo_infra.placement.specs import LABEL_APPS_OF, LABEL_SITE
 
-LABEL_APPS_OF = "io.cidemo.apps-of"
 GONE_TIMEOUT = 60.0
 # what `databases/` makes: previews' databases, snapshot builders, and snapshot images
-DATABASE_ROLES = ("preview-db", "snapshot-builder")
+DATABASE_ROLES = ("preview-db", "snapshot-builder", "branch-store")
 ROLE_SNAPSHOT = "snapshot"
 
 
@@ -58,8 +58,8 @@ def remove_site_apps(client: docker.DockerClient, site: str) -> list[str]:
 
 
 def _remove_databases(client: docker.DockerClient, site: str) -> list[str]:
-    """Previews' databases (with their writes: they have no volume), snapshot builders, then
-    the site's snapshot images."""
+    """Previews' databases, snapshot builders, the site's files in the branch store (their
+    writes and the snapshots' copies), then the site's snapshot images."""
     api = client.api
     removed = []
     for role in DATABASE_ROLES:
@@ -69,7 +69,15 @@ def _remove_databases(client: docker.DockerClient, site: str) -> list[str]:
                 api.remove_container(container["Id"], force=True, v=True)
                 removed.append(f"container {container['Names'][0].lstrip('/')}")
     labels = [f"{LABEL_SITE}={site}", f"io.cidemo.role={ROLE_SNAPSHOT}"]
-    for image in api.images(filters={"label": labels}):
+    images = api.images(filters={"label": labels})
+    tagged = [t for image in images for t in image.get("RepoTags") or []]
+    if tagged:  # the previews' and snapshots' files in the branch store, before the images
+        try:
+            branch_store.remove_site(client, tagged[0], site)
+            removed.append(f"branch store {branch_store.STORE}/{site}")
+        except branch_store.StoreError as exc:
+            raise EngineError(f"destroy: {exc}") from None
+    for image in images:
         for tag in image.get("RepoTags") or [image["Id"]]:
             with contextlib.suppress(docker.errors.APIError):
                 api.remove_image(tag, force=True)

@@ -21,7 +21,7 @@ import yaml
 
 from cidemo_infra import errors
 from cidemo_infra.data import CLOUD_CONFIG_TEMPLATES
-from cidemo_infra.placement import firewall
+from cidemo_infra.placement import branch_store, firewall
 
 PROFILES = ("flatcar", "coreos-legacy")
 ROLES = ("deis", "standalone")
@@ -37,6 +37,7 @@ DOCKER_TLS_DIR = "/etc/docker/tls"
 # Flatcar's etcd-member mounts the host's /etc/ssl/certs (ETCD_SSL_DIR) at the same path in its
 # container, so etcd's files there have one path inside and out (and on the lab's nodes)
 ETCD_TLS_DIR = "/etc/ssl/certs"
+BRANCH_STORE_SCRIPT = "/opt/cidemo/bin/cidemo-branch-store"  # run by cidemo-branch-store.service
 
 _HOST_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _NODE_NAME_RE = re.compile(rf"^{_HOST_LABEL}$")
@@ -285,6 +286,12 @@ def _template_variables(ctx: NodeContext, template_name: str) -> dict[str, Any]:
         "etcd": etcd,
         "fence": fence,
         "fence_chains": fence_chains,
+        "branch_store": {
+            "root": branch_store.STORE,
+            "file": branch_store.STORE_FILE,
+            "size": branch_store.STORE_SIZE,
+            "script": BRANCH_STORE_SCRIPT,
+        },
         "flannel_config_json": flannel_config,
         "fleet_metadata": fleet_metadata,
         "deisctl_version": ctx.deis_version.removeprefix("v"),

@@ -370,6 +370,14 @@ class Site(_Strict):
     def nodes_of(self, role: str) -> list[Node]:
         return [n for n in self.nodes if n.role == role]
 
+    @property
+    def engines_here(self) -> bool:
+        """A local site whose engines all run on this machine: the tool prepares this host
+        (the apps' firewall, the branch store); a cloud node's come with its cloud-config."""
+        return self.target == "local" and all(
+            e.url.startswith("unix://") for e in self.engines.values()
+        )
+
     def private_ip(self, node: Node) -> ipaddress.IPv4Address:
         """The node's fixed private address: given, or the next free one after the reserved ones."""
         return self.private_ips()[node.name]

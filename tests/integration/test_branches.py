@@ -8,6 +8,8 @@ snapshot under staging's writes, forks (schema only, and a seed script), limits,
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,9 @@ import pymysql
 import pytest
 import yaml
 
+from cidemo_infra.databases.snapshots import LIVE_DATADIR, SNAPSHOT_MOUNT, START
 from cidemo_infra.envs.locks import snapshot_lock
+from cidemo_infra.placement import branch_store
 from cidemo_infra.placement.teardown import remove_site_apps
 from cidemo_infra.state import StateDir
 from tests.conftest import REPO
@@ -65,8 +69,10 @@ def site(
         assert result.rc == 0, result.err + result.out
         yield made
     finally:
-        remove_site_apps(engine, made.name)
+        removed = remove_site_apps(engine, made.name)
         remove_site([engine], made.name)
+    assert f"branch store {branch_store.STORE}/{made.name}" in removed
+    assert not (Path(branch_store.STORE) / made.name).exists()
 
 
 def root(site: TestSite) -> pymysql.connections.Connection:
@@ -146,10 +152,19 @@ def test_snapshot_holds_stagings_database_only(engine: docker.DockerClient, site
         not image.attrs["Config"].get("Volumes")
         or "/var/lib/cidemo/branch" not in (image.attrs["Config"]["Volumes"])
     )
+    # a branch of it by hand, as root: the store already holds the snapshot's files
+    snap_dir = Path(branch_store.snapshot_dir(site.name, refs[0].rsplit(":", 1)[1]))
+    assert (snap_dir / ".ready").is_file() and (snap_dir / "data" / "ibdata1").is_file()
+    assert {p.stat().st_uid for p in (snap_dir / "data").rglob("*")} == {0}
+    inspect_dir = branch_store.branch_dir(site.name, "test-inspect")
     box = engine.containers.run(
         refs[0],
         detach=True,
         tmpfs={"/var/lib/mysql": "size=64k"},
+        volumes={
+            str(snap_dir): {"bind": SNAPSHOT_MOUNT, "mode": "rw"},
+            inspect_dir: {"bind": LIVE_DATADIR, "mode": "rw"},
+        },
         labels={"io.cidemo.apps-of": site.name, "io.cidemo.role": "preview-db"},
     )
     try:
@@ -164,6 +179,7 @@ def test_snapshot_holds_stagings_database_only(engine: docker.DockerClient, site
         assert in_branch(box, f"SELECT COUNT(*) FROM {STAGE}.recent") == "2"  # its definer dropped
     finally:
         box.remove(force=True, v=True)
+        shutil.rmtree(inspect_dir, ignore_errors=True)
     # the root password the dump ran with is in no file of the snapshot's own layer
     password = site.secret("root_password").encode()
     layer = Path(image.attrs["GraphDriver"]["Data"]["UpperDir"])
@@ -206,6 +222,48 @@ def test_previews_branch_and_their_writes_stay_their_own(
     for container in (one, two):
         assert password not in json.dumps(container.attrs["Config"])
         assert container.exec_run(["test", "-e", "/etc/cidemo-branch/init.sql"]).exit_code == 1
+
+
+def shared_extents(path: Path) -> int:
+    """Extents of `path` whose blocks another file shares (filefrag's FIEMAP `shared` flag)."""
+    out = subprocess.run(["filefrag", "-v", str(path)], capture_output=True, text=True, check=True)
+    return sum("shared" in line for line in out.stdout.splitlines())
+
+
+def test_a_branch_is_a_reflink_copy_of_its_snapshot(
+    engine: docker.DockerClient, site: TestSite
+) -> None:
+    one = branch(engine, site, 1)
+    mounts = {m["Destination"]: m for m in one.attrs["Mounts"]}
+    live = Path(mounts[LIVE_DATADIR]["Source"])
+    assert live == Path(branch_store.branch_dir(site.name, f"pr-1-{APP}"))
+    snap = Path(mounts[SNAPSHOT_MOUNT]["Source"]) / "data"
+    # the table the preview did not write still shares every block with the snapshot's copy
+    table = Path(STAGE) / "ledger.ibd"
+    assert (live / table).stat().st_size == (snap / table).stat().st_size
+    assert shared_extents(live / table) >= 1
+    assert shared_extents(snap / table) >= 1
+    # the branch's server (uid mysql) owns its copy, root the snapshot's
+    assert (live / table).stat().st_uid != 0 and (snap / table).stat().st_uid == 0
+
+
+def test_a_store_without_reflinks_is_refused(
+    engine: docker.DockerClient, site: TestSite, tmp_path: Path
+) -> None:
+    plain = tmp_path / "ext4-snapshot"  # the test machine's own filesystem has no reflinks
+    plain.mkdir()
+    assert not branch_store.has_reflinks(plain)
+    ref = branch(engine, site, 1).labels["io.cidemo.snapshot"]
+    with pytest.raises(branch_store.StoreError, match="no reflinks in the branch store"):
+        branch_store.run(
+            engine,
+            ref,
+            [START, "--prepare"],
+            "prepare",
+            site=site.name,
+            binds={str(plain): SNAPSHOT_MOUNT},
+        )
+    assert [p.name for p in plain.iterdir()] == [".lock"]  # nothing half-copied left
 
 
 def test_a_branch_taken_during_staging_writes_is_consistent(
@@ -322,11 +380,14 @@ def test_env_down_leaves_no_container_and_no_volume(
     engine: docker.DockerClient, site: TestSite
 ) -> None:
     one = branch(engine, site, 1)
-    assert [m["Type"] for m in one.attrs["Mounts"]] in ([], ["tmpfs"])
     assert not [m for m in one.attrs["Mounts"] if m["Type"] == "volume"]
+    live = Path(branch_store.branch_dir(site.name, f"pr-1-{APP}"))
+    assert (live / STAGE).is_dir()
     result = env_cli(site, "down", "--pr", "1", "--yes")
     assert result.rc == 0, result.err
     with pytest.raises(docker.errors.NotFound):
         engine.containers.get(one.id)
     assert not engine.api.containers(all=True, filters={"label": f"io.cidemo.env=pr-1-{APP}"})
+    assert not live.exists()  # its writes went with it
+    assert not engine.api.containers(all=True, filters={"label": "io.cidemo.role=branch-store"})
     assert branch(engine, site, 2).status == "running"

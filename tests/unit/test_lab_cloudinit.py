@@ -90,6 +90,7 @@ def expected_steps(node: str) -> list[str]:
         "write /etc/docker/tls/ca.pem 0644 root:root",
         "write /etc/docker/tls/server.pem 0644 root:root",
         "write /etc/docker/tls/server-key.pem 0600 root:root",
+        "write /opt/cidemo/bin/cidemo-branch-store 0755 root:root",
         "write /etc/ssl/certs/cidemo-etcd-ca.pem 0644 etcd:etcd",
         "write /etc/ssl/certs/cidemo-etcd-server.pem 0644 etcd:etcd",
         "write /etc/ssl/certs/cidemo-etcd-server-key.pem 0600 etcd:etcd",
@@ -103,6 +104,8 @@ def expected_steps(node: str) -> list[str]:
         "enable etcd-member.service",
         "write /etc/systemd/system/cidemo-apps-firewall.service 0644",
         "enable cidemo-apps-firewall.service",
+        "write /etc/systemd/system/cidemo-branch-store.service 0644",
+        "enable cidemo-branch-store.service",
         "write /run/systemd/system/locksmithd.service.d/20-cloudinit.conf 0644",
         "unmask /run/systemd/system/locksmithd.service",
         "unmask /run/systemd/system/locksmithd.service",
@@ -112,6 +115,7 @@ def expected_steps(node: str) -> list[str]:
         "start cidemo-metadata-guard.service",
         "start etcd-member.service",
         "start cidemo-apps-firewall.service",
+        "start cidemo-branch-store.service",
         "restart locksmithd.service",
     ]
 
@@ -347,12 +351,14 @@ def test_applying_writes_the_files_and_drives_systemd_in_order(
         "enable --force --no-reload cidemo-metadata-guard.service",
         "enable --force --no-reload etcd-member.service",
         "enable --force --no-reload cidemo-apps-firewall.service",
+        "enable --force --no-reload cidemo-branch-store.service",
         "daemon-reload",
         "--job-mode=replace start docker-tls-tcp.socket",
         "--job-mode=replace restart docker.service",
         "--job-mode=replace start cidemo-metadata-guard.service",
         "--job-mode=replace start etcd-member.service",
         "--job-mode=replace start cidemo-apps-firewall.service",
+        "--job-mode=replace start cidemo-branch-store.service",
         "--job-mode=replace restart locksmithd.service",
     ]
 

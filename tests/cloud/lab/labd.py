@@ -29,6 +29,7 @@ import io
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,7 @@ import openstack
 
 from cidemo_infra import images as project_images
 from cidemo_infra.console import Reporter
+from cidemo_infra.placement import branch_store
 
 HERE = Path(__file__).resolve().parent
 LABEL = "io.cidemo.lab"  # value: the tag of the site the lab follows
@@ -63,6 +65,9 @@ NODE_FLAGS: dict[str, Any] = {  # reference/lab-nodes.md: what works here instea
     "tmpfs": {"/run": "", "/run/lock": "", "/tmp": ""},
 }
 POLL = 2.0
+# Each node's branch store: a directory of this machine's (XFS with reflinks), where a Flatcar
+# node's cidemo-branch-store.service would mount a loop file (a container has no loop devices)
+LAB_STORES = Path(branch_store.STORE) / ".lab"
 log = logging.getLogger("labd")
 
 
@@ -309,10 +314,14 @@ class Lab:
         )
         volume = f"{node_name(server)}-docker"
         self.client.volumes.create(volume, labels=self.labels("volume"))
+        branch_store.ensure_local()
+        stores = LAB_STORES / node_name(server)
+        stores.mkdir(parents=True, exist_ok=True)
         api = self.client.api
         host_config = api.create_host_config(
             binds={
                 volume: {"bind": "/var/lib/docker", "mode": "rw"},
+                str(stores): {"bind": branch_store.STORE, "mode": "rw"},
                 "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
                 "/lib/modules": {"bind": "/lib/modules", "mode": "ro"},
             },
@@ -427,6 +436,7 @@ class Lab:
         node.remove(force=True, v=True)
         with contextlib.suppress(docker.errors.NotFound):
             self.client.volumes.get(volume).remove(force=True)
+        shutil.rmtree(LAB_STORES / node.name, ignore_errors=True)
         log.info("node %s removed: its server is gone", node.name)
 
     def _remove_unused_networks(self) -> None:
@@ -504,6 +514,9 @@ def down(client: docker.DockerClient) -> list[str]:
     for volume in client.volumes.list(filters=flt):
         volume.remove(force=True)
         removed.append(f"volume {volume.name}")
+    if LAB_STORES.exists():
+        shutil.rmtree(LAB_STORES, ignore_errors=True)
+        removed.append(f"branch stores {LAB_STORES}")
     for network in client.networks.list(filters=flt):
         network.remove()
         removed.append(f"network {network.name}")
