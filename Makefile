@@ -9,7 +9,7 @@ SITE ?= infra/sites/local.yaml
 PYTEST_ARGS ?=
 
 .PHONY: help venv host terraform-tools cloud-lab cloud-lab-down provision demo destroy smoke render plan status recover images base-image \
-        test test-unit test-integration test-ghost test-builds test-lab chaos lint wheel-check bench clean browser \
+        test test-full test-unit test-integration test-ghost test-builds test-lab chaos lint wheel-check bench clean browser \
         env-up env-down env-list env-promote env-gc env-refresh-staging env-backups env-snapshot
 
 help:
@@ -125,6 +125,11 @@ with_tf = tf_env=$$(bash scripts/terraform-tools.sh) && env $$tf_env
 
 test: venv host terraform-tools
 	$(with_tf) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything make test runs, and the tests marked full_only (minutes each, their path covered by
+# another test of make test): about 6 minutes more; CI runs make test.
+test-full: venv host terraform-tools
+	$(with_tf) CIDEMO_TEST_FULL=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: venv terraform-tools
 	$(with_tf) $(BIN)/python -m pytest -m unit $(PYTEST_ARGS)

@@ -1,16 +1,17 @@
 """`make bench`, preview databases: a branch of a snapshot against the copies it replaces.
 
 On a provisioned local site (the bench's), staging's database is filled with Ghost-like posts
-(bench/clone.py's generator) of 100 MB, and of 1 GB with CIDEMO_BENCH_LARGE=1 (its generation
+(bench/staging_data.py's generator) of 100 MB, and of 1 GB with CIDEMO_BENCH_LARGE=1 (its generation
 alone takes minutes on Galera). Per size, in one run:
 - a snapshot of it (`env snapshot`'s function; informational: not a goal);
 - **branch ready**: from `docker create` of the preview's database until the app's user, over
   TCP, has run one `SELECT ... LIMIT 1` per table and got a row; against `mysqldump | mysql`
   through the proxy into the cluster and the chunked server-side copy (bench/chunked_copy.py,
   the product's before branches), each timed until every member applied it;
-- disk of one branch (the container's upper layer, `SizeRw`): when its server answers, after
-  one SELECT per table, after 1 MiB more of rows;
-- ten branches at once against one (up to 100 MB: ten of 1 GB would copy 10 GB).
+- disk of one branch (the blocks the branch store's filesystem gave it, synced, plus its
+  container's upper layer, `SizeRw`): when its server answers, after one SELECT per table, after
+  1 MiB more of rows;
+- ten branches at once against one.
 Once: the memory of one idle preview (its database container and its app task, the cgroups'
 usage less their inactive file cache) and from it, and from the limits, the previews an 8 GiB
 node holds beside one Galera member (its own measured memory, or its reservation if larger).
@@ -32,13 +33,14 @@ from typing import Any
 import docker
 
 from cidemo_infra import images
-from cidemo_infra.bench import clone as bench_clone
+from cidemo_infra.bench import staging_data
 from cidemo_infra.bench.chunked_copy import clone_database
 from cidemo_infra.console import Reporter
 from cidemo_infra.databases import branches, snapshots
 from cidemo_infra.databases.database import connect, execute, fetch_rows, quote_ident
 from cidemo_infra.envs import names
 from cidemo_infra.pipeline import operations
+from cidemo_infra.placement import branch_store
 from cidemo_infra.placement.specs import PROXY_RW_PORT
 from cidemo_infra.platforms.swarm import service_name
 from cidemo_infra.site import load_site
@@ -51,7 +53,6 @@ SIZES_MB: tuple[int, ...] = (100, 1000) if LARGE else (100,)
 if os.environ.get("CIDEMO_BENCH_BRANCH_MB"):  # other sizes ("10", "1000"), or "none": memory only
     chosen = os.environ["CIDEMO_BENCH_BRANCH_MB"]
     SIZES_MB = () if chosen == "none" else tuple(int(x) for x in chosen.split(","))
-AT_ONCE_UP_TO_MB = 100  # ten branches of 1 GB would copy 10 GB into their layers: not run
 REPEATS = 3  # the engine is shared: the best of three is the least disturbed
 AT_ONCE = 10
 NODE_MB = 8192
@@ -78,11 +79,11 @@ def run(
         placement = ctx.platform.branch_placements()[0]
         client = ctx.session.clients[placement.engine]
         try:
-            member, others = bench_clone._members(conn, client)
+            member, others = staging_data.members(conn, client)
             rows += _emitted(emit, _memory(ctx, client, placement, member, notes))
             with (
-                bench_clone._client_container(client, member) as (box, proxy),
-                bench_clone._defaults_file(box, password, proxy, PROXY_RW_PORT) as cnf,
+                staging_data.client_container(client, member) as (box, proxy),
+                staging_data.defaults_file(box, password, proxy, PROXY_RW_PORT) as cnf,
             ):
                 for mb in SIZES_MB:
                     measured = _size(
@@ -116,12 +117,12 @@ def _size(
     notes: list[str],
 ) -> list[list[str]]:
     stage = operations.staging_database(ctx.app)
-    count = bench_clone._generate(conn, stage, min(mb, 100) << 20)
+    count = staging_data.generate(conn, stage, min(mb, 100) << 20)
     if mb > 100:
         count = _grow(conn, stage, mb // 100)
     execute(conn, f"CREATE TABLE {quote_ident(stage)}.tags (id INT PRIMARY KEY, name TEXT)")
     execute(conn, f"INSERT INTO {quote_ident(stage)}.tags VALUES (1, 'bench'), (2, 'branch')")
-    stored = bench_clone._stored_mb(conn, stage)
+    stored = staging_data.stored_mb(conn, stage)
     started = time.monotonic()
     snap = operations.take_snapshot(ctx, "full")
     snapshot_s = time.monotonic() - started
@@ -145,21 +146,17 @@ def _size(
         flush=True,
     )
 
-    many = float("nan")
-    if mb <= AT_ONCE_UP_TO_MB:
-        with concurrent.futures.ThreadPoolExecutor(AT_ONCE) as pool:
-            started = time.monotonic()
-            made_many = list(
-                pool.map(
-                    lambda i: _branch(ctx, client, placement, snap, PR_BASE + 20 + i, tables, None)[
-                        2
-                    ],
-                    range(AT_ONCE),
-                )
+    with concurrent.futures.ThreadPoolExecutor(AT_ONCE) as pool:
+        started = time.monotonic()
+        made_many = list(
+            pool.map(
+                lambda i: _branch(ctx, client, placement, snap, PR_BASE + 20 + i, tables, None)[2],
+                range(AT_ONCE),
             )
-            many = time.monotonic() - started
-        for env in made_many:
-            branches.remove({placement.engine: client}, ctx.site.name, env)
+        )
+        many = time.monotonic() - started
+    for env in made_many:
+        branches.remove({placement.engine: client}, ctx.site.name, env)
 
     target = f"{stage}_copy"
     box, cnf = tool
@@ -226,11 +223,11 @@ def _timed_copy(way: Callable[[], None], conn: Any, members: list[Any], target: 
     """One copy, timed until every member applied it; a copy the loaded machine broke (the
     proxy losing a member's registration for a moment) is dropped and run again, twice at most."""
     for attempt in range(3):
-        bench_clone._settle(members)
+        staging_data.settle(members)
         started = time.monotonic()
         try:
             way()
-            bench_clone._settle(members)
+            staging_data.settle(members)
             return time.monotonic() - started
         except Exception as exc:
             if attempt == 2:
@@ -279,6 +276,7 @@ def _branch(
     user, password = f"pr_{pr}", secrets.token_urlsafe(18)
     limits = ctx.site.environments.preview_limits.database
     stage = operations.staging_database(ctx.app)
+    base = _store_used() if disk is not None else 0
     started = time.monotonic()
     made = branches.create(
         client,
@@ -294,7 +292,7 @@ def _branch(
     up = time.monotonic() - started
     box = client.containers.get(made.container)
     if disk is not None:
-        disk["up"] = _size_rw(client, box.id)
+        disk["up"] = _disk_mb(client, box.id, base)
     selects = "; ".join(
         f"SELECT 1 FROM {quote_ident(stage)}.{quote_ident(t)} LIMIT 1" for t in tables
     )
@@ -306,14 +304,24 @@ def _branch(
         raise RuntimeError(f"bench: {env} did not answer: {result.output.decode()[-200:]}")
     seconds = time.monotonic() - started
     if disk is not None:
-        disk["read"] = _size_rw(client, box.id)
+        disk["read"] = _disk_mb(client, box.id, base)
         write = (
             f"INSERT INTO {quote_ident(stage)}.tags SELECT seq + 10, REPEAT('x', 1024) "
             f"FROM seq_1_to_1024"
         )
         box.exec_run(["mariadb", "-D", stage, "-e", write])
-        disk["written"] = _size_rw(client, box.id)
+        disk["written"] = _disk_mb(client, box.id, base)
     return up, seconds, env
+
+
+def _store_used() -> int:
+    os.sync()  # XFS allocates delayed writes at writeback: count what the branch really holds
+    return branch_store.used_bytes()
+
+
+def _disk_mb(client: docker.DockerClient, container: str, base: int) -> float:
+    """What one branch added to the store's filesystem since `base`, and its upper layer."""
+    return (_store_used() - base) / MIB + _size_rw(client, container)
 
 
 def _size_rw(client: docker.DockerClient, container: str) -> float:

@@ -1,6 +1,7 @@
 """`make bench`, environments: `cidemo env up` of 1 and of 5 previews at once, each against its
-floor from the same run (the same Swarm service spec created by hand and waited for until its
-task runs: what no tool can beat), and a no-op `env up`.
+floor from the same run (what no tool can beat: the preview's database container by hand, the
+same image, limits, network and branch store, until its server answers; then the same Swarm
+service spec created by hand, until its task runs), and a no-op `env up`.
 
 `run` needs a provisioned local site with an environments section whose `max_previews` is at
 least 6 (the lead's bench site); it builds examples/guestbook (not timed), seeds the staging
@@ -29,10 +30,13 @@ import docker.types
 
 from cidemo_infra import images
 from cidemo_infra.console import Reporter
+from cidemo_infra.databases import branches
 from cidemo_infra.databases.database import connect, database_exists, execute, quote_ident
+from cidemo_infra.databases.snapshots import LIVE_DATADIR
 from cidemo_infra.engines import client_for
 from cidemo_infra.errors import UsageError
 from cidemo_infra.pipeline.operations import staging_database
+from cidemo_infra.placement import branch_store
 from cidemo_infra.placement.specs import apps_domain, has_router
 from cidemo_infra.platforms.swarm import service_name
 from cidemo_infra.site import load_site
@@ -63,6 +67,7 @@ def run(
     tag = f"cidemo/guestbook:bench-{sha[:12]}"
     prs = list(range(FIRST_PR, FIRST_PR + CONCURRENT + 1))
     by_hand: list[str] = []
+    dbs_by_hand: list[tuple[str, str]] = []
 
     def env(*args: str) -> float:
         return _timed(
@@ -96,16 +101,20 @@ def run(
             start = time.monotonic()
             list(pool.map(up, prs[1:]))
             many = time.monotonic() - start
-        template = service_name(site.name, f"pr-{prs[0]}-{site.environments.app}")
-        spec = client.api.inspect_service(template)["Spec"]
-        floor_one = _by_hand(client, spec, [f"cidemo-bench-floor-{secrets.token_hex(3)}"], by_hand)
-        names = [f"cidemo-bench-floor-{secrets.token_hex(3)}" for _ in range(CONCURRENT)]
-        floor_many = _by_hand(client, spec, names, by_hand)
+        first = f"pr-{prs[0]}-{site.environments.app}"
+        spec = client.api.inspect_service(service_name(site.name, first))["Spec"]
+        database = client.api.inspect_container(branches.container_name(site.name, first))
+        floor_one = _by_hand(client, site.name, spec, database, 1, by_hand, dbs_by_hand)
+        floor_many = _by_hand(client, site.name, spec, database, CONCURRENT, by_hand, dbs_by_hand)
     finally:
         for name in by_hand:
             with contextlib.suppress(docker.errors.NotFound):
                 client.api.remove_service(name)
         _until_gone(client, by_hand)  # they mount the first preview's secrets
+        for name, image in dbs_by_hand:
+            with contextlib.suppress(docker.errors.NotFound):
+                client.api.remove_container(name, force=True, v=True)
+            branch_store.remove_branch(client, image, site.name, name)
         for pr in prs:
             with contextlib.suppress(subprocess.CalledProcessError):
                 env("down", "--pr", str(pr), "--yes", "--lock-wait", "60")
@@ -118,13 +127,13 @@ def run(
         [
             f"env up, 1 new preview (branch of {STAGE_ROWS} rows, user, secret, service)",
             f"{one:.1f} s (routed {routed:.1f} s)",
-            f"floor: its service by hand, {floor_one:.1f} s",
+            f"floor: its database and service by hand, {floor_one:.1f} s",
             f"{one / floor_one:.2f}x (goal <= 1.3x)",
         ],
         [
             f"env up, {CONCURRENT} new previews at once",
             f"{many:.1f} s",
-            f"floor: {CONCURRENT} services by hand at once, {floor_many:.1f} s",
+            f"floor: {CONCURRENT} databases and services by hand at once, {floor_many:.1f} s",
             f"{many / floor_many:.2f}x",
         ],
         ["env up, no change", f"{noop:.2f} s", "-", "-"],
@@ -182,26 +191,72 @@ def _until_routed(port: int, host: str) -> float:
 
 
 def _by_hand(
-    client: docker.DockerClient, spec: dict[str, Any], names: list[str], made: list[str]
+    client: docker.DockerClient,
+    site: str,
+    spec: dict[str, Any],
+    database: dict[str, Any],
+    count: int,
+    made: list[str],
+    dbs_made: list[tuple[str, str]],
 ) -> float:
-    """Create services with `spec`'s task template, all at once; wait until each task runs."""
+    """`count` previews by hand, all at once: each a database container like `database` (its
+    image, limits, network, a branch directory of its own in the store) until its server
+    answers, then a service with `spec`'s task template until its task runs."""
     start = time.monotonic()
-    for name in names:
-        client.api.create_service(
-            spec["TaskTemplate"],
-            name=name,
-            labels={"io.cidemo.bench": "envs"},
-            mode=docker.types.ServiceMode("replicated", replicas=1),
-            endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        list(
+            pool.map(
+                lambda _: _one_by_hand(client, site, spec, database, made, dbs_made), range(count)
+            )
         )
-        made.append(name)
-    waiting = set(names)
-    while waiting:
-        if time.monotonic() - start > TIMEOUT:
-            raise TimeoutError(f"bench: services {sorted(waiting)} not running in time")
-        for name in list(waiting):
-            tasks = client.api.tasks(filters={"service": name, "desired-state": "running"})
-            if any(t["Status"]["State"] == "running" for t in tasks):
-                waiting.discard(name)
-        time.sleep(0.1)
     return time.monotonic() - start
+
+
+def _one_by_hand(
+    client: docker.DockerClient,
+    site: str,
+    spec: dict[str, Any],
+    database: dict[str, Any],
+    made: list[str],
+    dbs_made: list[tuple[str, str]],
+) -> None:
+    name = f"cidemo-bench-floor-{secrets.token_hex(3)}"
+    image = str(database["Config"]["Image"])
+    host = database["HostConfig"]
+    mounts = {m["Destination"]: m["Source"] for m in database["Mounts"] if m["Type"] == "bind"}
+    mounts[LIVE_DATADIR] = branch_store.branch_dir(site, name)
+    dbs_made.append((name, image))
+    box = client.containers.run(
+        image,
+        command=database["Config"]["Cmd"],
+        name=name,
+        detach=True,
+        init=True,
+        volumes={source: {"bind": inside, "mode": "rw"} for inside, source in mounts.items()},
+        tmpfs=host.get("Tmpfs") or {},
+        nano_cpus=host["NanoCpus"],
+        mem_limit=host["Memory"],
+        memswap_limit=host["MemorySwap"],
+        network=next(iter(database["NetworkSettings"]["Networks"])),
+        labels={"io.cidemo.bench": "envs"},
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while box.exec_run(["mariadb-admin", "ping"]).exit_code != 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: {name} did not answer in time")
+        time.sleep(0.05)
+    client.api.create_service(
+        spec["TaskTemplate"],
+        name=name,
+        labels={"io.cidemo.bench": "envs"},
+        mode=docker.types.ServiceMode("replicated", replicas=1),
+        endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
+    )
+    made.append(name)
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: service {name} not running in time")
+        tasks = client.api.tasks(filters={"service": name, "desired-state": "running"})
+        if any(t["Status"]["State"] == "running" for t in tasks):
+            return
+        time.sleep(0.1)

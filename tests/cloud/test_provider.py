@@ -301,6 +301,7 @@ def test_a_provision_killed_in_apply_converges_and_destroys_to_nothing(
     assert site_resources(conn, site) == []
 
 
+@pytest.mark.full_only  # a kill during apply also runs in make test (killed in apply)
 def test_a_site_killed_early_in_apply_is_destroyed_to_nothing(
     conn: Connection, op_site: Callable[..., OpSite], tmp_path: Path
 ) -> None:
@@ -313,6 +314,7 @@ def test_a_site_killed_early_in_apply_is_destroyed_to_nothing(
     assert site_resources(conn, site) == []
 
 
+@pytest.mark.full_only  # about two minutes; one site's resources are checked in make test
 def test_two_sites_at_once_keep_to_their_own_resources(
     conn: Connection, op_site: Callable[..., OpSite], tmp_path: Path
 ) -> None:

@@ -118,6 +118,7 @@ def second_engine(engine) -> Iterator[tuple[str, docker.DockerClient]]:
         yield url, client
 
 
+@pytest.mark.full_only  # multi-host placement also runs in make test on the lab's nodes
 def test_members_on_two_engines_form_one_cluster(engine, second_engine, site_factory) -> None:
     url, client = second_engine
     subnet = free_subnet(engine)
