@@ -1,7 +1,8 @@
 """`make bench`: measurements printed as a table, each against a baseline from the same run.
 
 - cold provision of the local service tier vs its floor: the same images started by hand, one
-  after another, each waited for until Synced (what no orchestration can beat);
+  after another, each waited for until Synced (what no orchestration can beat); the best of
+  COLD_REPEATS of each, in turn (a join's state transfer varies by seconds);
 - no-op provision vs a no-op `docker-compose up -d` of an equivalent compose file.
 Timings are measured here and never asserted by tests.
 """
@@ -30,6 +31,7 @@ from cidemo_infra.console import Reporter
 from cidemo_infra.engines import client_for
 from cidemo_infra.galera.member import member_status
 
+COLD_REPEATS = 3
 BENCH_SITE = {
     "name": "bench",
     "target": "local",
@@ -280,13 +282,26 @@ def main() -> None:
             ]
 
         rows += _section("no-op provision", noop_row, failed)
-        floor = _floor(client, images["galera"], images["etcd"])
+        # a join's state transfer varies by seconds between runs: the best of a few of each,
+        # taken in turn, so that neither side gets the quieter minute
+        colds, floors = [cold], [_floor(client, images["galera"], images["etcd"])]
+        for _ in range(COLD_REPEATS - 1):
+            colds.append(_cidemo(site, state, "provision"))
+            _cidemo(site, state, "destroy", "--purge")
+            floors.append(_floor(client, images["galera"], images["etcd"]))
+        notes.append(
+            "cold provision, each run: "
+            + ", ".join(f"{c:.1f}" for c in colds)
+            + " s; the floor: "
+            + ", ".join(f"{f:.1f}" for f in floors)
+            + " s"
+        )
         rows.append(
             [
-                "cold provision (images built)",
-                f"{cold:.1f} s",
-                f"floor: 3 members by hand, {floor:.1f} s",
-                f"{cold / floor:.2f}x (goal <= 1.3x)",
+                f"cold provision (images built), best of {COLD_REPEATS}",
+                f"{min(colds):.1f} s",
+                f"floor: 3 members by hand, best of {COLD_REPEATS}, {min(floors):.1f} s",
+                f"{min(colds) / min(floors):.2f}x (goal <= 1.3x)",
             ]
         )
         rows += sections
