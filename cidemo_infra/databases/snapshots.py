@@ -97,8 +97,8 @@ wsrep_provider                 = none
 # The branch's start. The first time: its files, a reflink copy of the snapshot's in the host's
 # branch store (`placement/branch_store.py`), which gets them from this image's layer when no
 # branch of it started on this host before (`--prepare` does only that, for the tool). Root only
-# until mariadbd starts; the init file (the app user) is put in by the tool before the first
-# start, read by mariadbd as mysql, and removed by the tool once the server answers.
+# until mariadbd starts. The init file (the app user) is put in by the tool before the first
+# start; mariadbd reads it through a pipe, and the file is removed as soon as it has been read.
 START_SCRIPT = f"""#!/bin/sh
 set -eu
 snap={SNAPSHOT_MOUNT}
@@ -136,9 +136,12 @@ if [ ! -f "$live/{BRANCHED}" ]; then
   touch "$live/{BRANCHED}"
 fi
 if [ -f {INIT_FILE} ]; then
-  chown mysql:mysql {INIT_FILE}
-  chmod 0600 {INIT_FILE}
-  set -- "--init-file={INIT_FILE}" "$@"
+  fifo=/run/mysqld/init.sql
+  rm -f "$fifo"
+  mkfifo -m 0600 "$fifo"
+  chown mysql:mysql "$fifo"
+  (cat {INIT_FILE} >"$fifo" && rm -f {INIT_FILE} "$fifo") &
+  set -- "--init-file=$fifo" "$@"
 fi
 exec mariadbd --user=mysql --datadir="$live" "$@"
 """

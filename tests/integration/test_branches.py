@@ -170,7 +170,7 @@ def test_snapshot_holds_stagings_database_only(engine: docker.DockerClient, site
     try:
         from cidemo_infra.databases.branches import wait_ready
 
-        wait_ready(box, "root")
+        wait_ready(box)
         databases = set(in_branch(box, "SHOW DATABASES").split())
         assert databases == {STAGE, "information_schema", "mysql", "performance_schema", "sys"}
         users = set(in_branch(box, "SELECT CONCAT(User, '@', Host) FROM mysql.global_priv").split())
