@@ -58,15 +58,17 @@ def cidemo():
     return run_cidemo
 
 
-FULL = os.environ.get("CIDEMO_TEST_FULL") == "1"
+def skip_unless_env(items: list[pytest.Item], marker: str, env: str, target: str) -> None:
+    """Skip the tests marked `marker` unless `env`=1 (what `target` sets)."""
+    if os.environ.get(env) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"{target} only ({env}=1)")
+    for item in items:
+        if marker in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `full_only` (minutes each, their path covered by another test of the same
     run) run in `make test-full` only; `make test` and CI keep within their time budget."""
-    if FULL:
-        return
-    skip = pytest.mark.skip(reason="full run only: make test-full (CIDEMO_TEST_FULL=1)")
-    for item in items:
-        if "full_only" in item.keywords:
-            item.add_marker(skip)
+    skip_unless_env(items, "full_only", "CIDEMO_TEST_FULL", "full run: make test-full")

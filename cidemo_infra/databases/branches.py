@@ -270,7 +270,7 @@ def list_all(clients: Mapping[str, docker.DockerClient], site: str) -> dict[str,
 
 
 def remove(clients: Mapping[str, docker.DockerClient], site: str, env: str) -> bool:
-    """Remove `env`'s branch with its writes: the container, then its files in the branch_store."""
+    """Remove `env`'s branch with its writes: the container, then its files in the branch store."""
     removed = False
     flt = {
         "label": [f"{LABEL_APPS_OF}={site}", f"{LABEL_ROLE}={ROLE_BRANCH}", f"{LABEL_ENV}={env}"]

@@ -39,8 +39,6 @@ import docker.errors
 from cidemo_infra.databases.database import DatabaseError, validate_database_name
 from cidemo_infra.engines import ENGINE_ERRORS
 from cidemo_infra.placement import branch_store
-from cidemo_infra.placement.branch_store import EXIT_NO_REFLINKS
-from cidemo_infra.placement.branch_store import STORE as STORE_PATH
 from cidemo_infra.placement.specs import LABEL_ROLE, LABEL_SITE
 from cidemo_infra.placement.teardown import LABEL_APPS_OF
 
@@ -112,9 +110,9 @@ prepare() {{
     cp -R --preserve=mode,timestamps {DATADIR} "$snap/data.tmp"
     if ! cp --reflink=always "$snap/data.tmp/ibdata1" "$snap/.reflink-probe" 2>/dev/null; then
       rm -rf "$snap/data.tmp" "$snap/.reflink-probe"
-      echo "cidemo: no reflinks in the branch store {STORE_PATH} on this host" \\
+      echo "cidemo: no reflinks in the branch store {branch_store.STORE} on this host" \\
         "(XFS or btrfs: cidemo-branch-store.service)" >&2
-      exit {EXIT_NO_REFLINKS}
+      exit {branch_store.EXIT_NO_REFLINKS}
     fi
     rm -f "$snap/.reflink-probe"
     mv "$snap/data.tmp" "$snap/data"

@@ -20,8 +20,9 @@ from cidemo_infra.placement import branch_store
 from cidemo_infra.placement.specs import LABEL_APPS_OF, LABEL_SITE
 
 GONE_TIMEOUT = 60.0
-# what `databases/` makes: previews' databases, snapshot builders, and snapshot images
-DATABASE_ROLES = ("preview-db", "snapshot-builder", "branch-store")
+# what `databases/` makes: previews' databases, snapshot builders, the branch store's helpers
+# (and snapshot images, below)
+DATABASE_ROLES = ("preview-db", "snapshot-builder", branch_store.ROLE_HELPER)
 ROLE_SNAPSHOT = "snapshot"
 
 

@@ -16,20 +16,15 @@ import docker.errors
 import pytest
 import yaml
 
+from tests.conftest import skip_unless_env
 from tests.integration.chaos import harness
 from tests.integration.conftest import TestSite, make_site, remove_site
 
-FULL = os.environ.get("CIDEMO_CHAOS_FULL") == "1"
 RECOVERY_WAIT = 30  # the site setting services.galera.recovery_wait of the chaos site
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if FULL:
-        return
-    skip = pytest.mark.skip(reason="full chaos set only: make chaos (CIDEMO_CHAOS_FULL=1)")
-    for item in items:
-        if "chaos_full" in item.keywords:
-            item.add_marker(skip)
+    skip_unless_env(items, "chaos_full", "CIDEMO_CHAOS_FULL", "full chaos set: make chaos")
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
