@@ -18,7 +18,7 @@ from openstack import exceptions as sdk
 from cidemo_infra.cloud.connect import cloud_errors, redact
 from cidemo_infra.cloud.sweep import find
 from cidemo_infra.errors import CloudError, SiteError
-from cidemo_infra.render.tfvars import has_deis_builder, read_public_key
+from cidemo_infra.render.tfvars import has_deis_builder, read_public_key, registry_port
 from cidemo_infra.site import ROLES, Site
 from cidemo_infra.site.model import RoleSpec
 
@@ -156,7 +156,8 @@ def security_group_rule_count(site: Site) -> int:
     ssh_sources = len(admins) or 1  # SSH from the world only when no admin CIDR is named
     docker_tls_admin = len(admins)
     world = len(PUBLIC_WORLD_TCP_PORTS) + (len(DEIS_BUILDER_PORTS) if has_deis_builder(site) else 0)
-    return world + ssh_sources + len(CLUSTER_PORTS) + docker_tls_admin
+    cluster = len(CLUSTER_PORTS) + (1 if registry_port(site) else 0)  # the registry's, when placed
+    return world + ssh_sources + cluster + docker_tls_admin
 
 
 def quota_needs(

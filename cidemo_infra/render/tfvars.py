@@ -10,6 +10,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from cidemo_infra.errors import SiteError
+from cidemo_infra.placement.specs import has_registry
 from cidemo_infra.site import Site
 
 TFVARS_NAME = "cidemo.auto.tfvars.json"
@@ -63,6 +64,11 @@ def has_deis_builder(site: Site) -> bool:
     return site.node_os == "coreos-legacy"
 
 
+def registry_port(site: Site) -> int:
+    """The site registry's port, opened between the nodes; 0 where no registry is placed."""
+    return site.services.registry.port if has_registry(site) else 0
+
+
 def tfvars(site: Site, public_key: str, user_data: Mapping[str, Path]) -> dict[str, Any]:
     ips = site.private_ips()
     nodes = {}
@@ -84,6 +90,7 @@ def tfvars(site: Site, public_key: str, user_data: Mapping[str, Path]) -> dict[s
         "dns_nameservers": [str(ip) for ip in site.network.dns],
         "admin_cidrs": [str(c) for c in site.admin_cidrs],
         "deis_builder": has_deis_builder(site),
+        "registry_port": registry_port(site),
         "keypair_name": site.ssh.key_name,
         "deis_server_group_policy": server_group_policy(site),
         "ssh_public_key": public_key,

@@ -98,7 +98,8 @@ def test_the_module_has_exactly_the_counted_rule_resources() -> None:
         "public_world": "${merge(local.public_world_tcp_ports, var.deis_builder ? "
         "local.deis_builder_ports : {})}",
         "public_ssh": "${toset(local.ssh_sources)}",
-        "cluster_internal": "${local.cluster_ports}",
+        "cluster_internal": "${merge(local.cluster_ports, var.registry_port > 0 ? "
+        "local.registry_ports : {})}",
         "cluster_docker_tls_admin": "${toset(var.admin_cidrs)}",
     }
     local, _ = module_security()
@@ -118,6 +119,12 @@ def test_rule_count_follows_admin_cidrs(admins: list[str], ssh: int, docker_tls:
     expected = len(PUBLIC_WORLD_TCP_PORTS) + ssh + len(CLUSTER_PORTS) + docker_tls
 
     assert security_group_rule_count(site(admin_cidrs=admins)) == expected
+
+
+def test_only_a_site_with_a_registry_counts_its_rule() -> None:
+    builds = site(environments={"app": "guestbook", "build": {"test_command": ["true"]}})
+
+    assert security_group_rule_count(builds) == security_group_rule_count(site()) + 1
 
 
 def test_only_a_deis_site_counts_the_builder_rule() -> None:

@@ -70,6 +70,7 @@ CONTRACT_VARIABLES = {
     "tags",
     "deis_server_group_policy",
     "deis_builder",
+    "registry_port",
 }
 CREDENTIAL_ARGUMENTS = {
     name
@@ -112,6 +113,8 @@ def evaluate(expr: str, scope: dict[str, Any]) -> Any:
         return evaluate(branch, scope)
     if match := re.fullmatch(r"length\((.+)\) > 0", expr):
         return len(evaluate(match[1], scope)) > 0
+    if match := re.fullmatch(r"([\w.]+) > (\d+)", expr):
+        return int(evaluate(match[1], scope)) > int(match[2])
     if match := re.fullmatch(r'(.+) == "(.*)"', expr):
         return evaluate(match[1], scope) == match[2]
     if match := re.fullmatch(r"toset\((.+)\)", expr):
@@ -142,10 +145,17 @@ class Rule:
     source: str
 
 
-def expand_rules(admin_cidrs: list[str], deis_builder: bool = False) -> list[Rule]:
+def expand_rules(
+    admin_cidrs: list[str], deis_builder: bool = False, registry_port: int = 0
+) -> list[Rule]:
     """Every security-group rule the module creates for these admin CIDRs."""
     scope = {
-        "var": {"admin_cidrs": admin_cidrs, "site_name": "demo", "deis_builder": deis_builder},
+        "var": {
+            "admin_cidrs": admin_cidrs,
+            "site_name": "demo",
+            "deis_builder": deis_builder,
+            "registry_port": registry_port,
+        },
         "local": MODULE["locals"],
     }
     rules = []
@@ -322,6 +332,14 @@ def test_cluster_ports_come_from_the_cluster_group(protocol: str, port: int) -> 
     rules = [r for r in expand_rules(ADMINS) if (r.protocol, r.port_min) == (protocol, port)]
     assert any(r.group == CLUSTER_GROUP and r.source == CLUSTER_GROUP for r in rules)
     assert not WORLD & {r.source for r in rules}
+
+
+def test_the_registry_port_is_open_between_the_nodes_only_where_a_registry_is_placed() -> None:
+    assert not [r for r in expand_rules(ADMINS) if r.port_min in (0, 5000)]
+    rules = [r for r in expand_rules(ADMINS, registry_port=5123) if r.port_min == 5123]
+    assert [(r.protocol, r.group, r.source) for r in rules] == [
+        ("tcp", CLUSTER_GROUP, CLUSTER_GROUP)
+    ]
 
 
 @pytest.mark.parametrize("admin_cidrs", [[], ADMINS], ids=["no admins", "admins"])

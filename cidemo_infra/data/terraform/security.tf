@@ -30,6 +30,12 @@ locals {
     proxy_read_only  = { port = 4008, protocol = "tcp" }
     jenkins_http     = { port = 8080, protocol = "tcp" }
   }
+
+  # the site registry on the standalone node (sites that build): the nodes' engines pull the
+  # built images and staging's database snapshots from it
+  registry_ports = {
+    registry = { port = var.registry_port, protocol = "tcp" }
+  }
 }
 
 # delete_default_rules stays unset: the default egress rules are what lets the nodes reach out.
@@ -72,7 +78,7 @@ resource "openstack_networking_secgroup_rule_v2" "public_ssh" {
 }
 
 resource "openstack_networking_secgroup_rule_v2" "cluster_internal" {
-  for_each = local.cluster_ports
+  for_each = merge(local.cluster_ports, var.registry_port > 0 ? local.registry_ports : {})
 
   description       = "${var.site_name} ${each.key} between the nodes"
   security_group_id = openstack_networking_secgroup_v2.cluster.id

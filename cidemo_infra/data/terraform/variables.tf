@@ -65,6 +65,11 @@ variable "deis_builder" {
   description = "Open the Deis builder's git-push port (2222) to the world: true only where the nodes run the Deis v1 platform (the coreos-legacy profile); elsewhere nothing listens there."
 }
 
+variable "registry_port" {
+  type        = number
+  description = "The site registry's port on the standalone node, opened between the nodes (their engines pull built images and database snapshots from it); 0 where the site places no registry (it builds no images)."
+}
+
 variable "keypair_name" {
   type        = string
   description = "Name of the Nova keypair created from ssh_public_key."
