@@ -5,15 +5,27 @@ Placed on the standalone node (locally: the local engine) when the site builds i
 (`<state>/tls/nodes/registry/`) and asks for the user `cidemo` with the password in the state
 directory (`secrets/registry_password`, or `CIDEMO_REGISTRY_PASSWORD`). Images are
 `<address>/<app>:<sha>`; locally the address is `127.0.0.1:<services.registry.port>`.
+
+The tool deletes tags and collects garbage through the registry container itself (`docker exec`
+of curl against its own loopback port, the password read from its secret file into curl's
+config on stdin, never an argument): the tool's machine need not reach the registry's address.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import docker
+
+from cidemo_infra.engines import ENGINE_ERRORS
+from cidemo_infra.errors import CidemoError
 from cidemo_infra.inventory import Inventory
+from cidemo_infra.placement.specs import container_name
 from cidemo_infra.site import Site
 from cidemo_infra.state import StateDir
 from cidemo_infra.tls.pki import ensure_pki
@@ -94,3 +106,107 @@ def untrust(site: Site, state: StateDir, inventory: Inventory, root: Path = CERT
     with contextlib.suppress(OSError):
         if path.is_file() and ca.is_file() and path.read_text() == ca.read_text():
             shutil.rmtree(folder)
+
+
+class RegistryError(CidemoError):
+    """The site registry refused or failed a call; names the registry and the call."""
+
+
+# What a tag's manifest is asked for as: the digest it is deleted by is that of the manifest
+# the engines pushed (schema 2 or OCI), not of a conversion.
+MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json"
+)
+# Runs in the registry container: curl's `user` from the secret file, through a pipe.
+_CALL = r"""set -eu
+sed -e 's/[\\"]/\\&/g' -e 's/^/user = "cidemo:/' -e 's/$/"/' /etc/cidemo/secrets/registry_password |
+  curl -sS -k -K - -D - -o /tmp/.cidemo-registry-body $1 -H "Accept: $2" \
+    "https://127.0.0.1:${REGISTRY_PORT:-5000}/v2/$3"
+echo; cat /tmp/.cidemo-registry-body; rm -f /tmp/.cidemo-registry-body
+"""
+_METHODS = {"GET": "", "HEAD": "-I", "DELETE": "-X DELETE"}
+CONFIG = "/run/cidemo/config.yml"  # written by the image's entrypoint
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def container(site: Site) -> str:
+    return container_name(site, "registry")
+
+
+def _call(client: docker.DockerClient, name: str, method: str, path: str) -> Reply:
+    try:
+        ran = client.containers.get(name).exec_run(
+            ["sh", "-c", _CALL, "sh", _METHODS[method], MANIFEST_TYPES, path], demux=True
+        )
+    except ENGINE_ERRORS as exc:
+        raise RegistryError(f"registry {name}: {method} /v2/{path}: {exc}") from None
+    out, err = ran.output
+    if ran.exit_code != 0:
+        detail = (err or b"").decode(errors="replace").strip().splitlines()
+        raise RegistryError(
+            f"registry {name}: {method} /v2/{path} failed (exit {ran.exit_code}): "
+            f"{detail[-1] if detail else 'no output'}"
+        )
+    head, _, body = (out or b"").partition(b"\r\n\r\n")
+    lines = head.decode(errors="replace").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            headers[key.strip().lower()] = value.strip()
+    status = int(lines[0].split()[1]) if len(lines[0].split()) > 1 else 0
+    return Reply(status, headers, body.lstrip(b"\n"))
+
+
+def tags(client: docker.DockerClient, name: str, repository: str) -> list[str]:
+    """The tags of `repository` in the registry container `name` ([] when it has none)."""
+    reply = _call(client, name, "GET", f"{repository}/tags/list")
+    if reply.status == 404:
+        return []
+    if reply.status != 200:
+        raise RegistryError(f"registry {name}: tags of {repository}: HTTP {reply.status}")
+    return sorted(json.loads(reply.body or b"{}").get("tags") or [])
+
+
+def delete_tags(
+    client: docker.DockerClient, name: str, repository: str, doomed: Sequence[str]
+) -> list[str]:
+    """Delete the manifests of `doomed` tags (their blobs go at the next `collect_garbage`);
+    returns the tags deleted."""
+    deleted = []
+    for tag in doomed:
+        found = _call(client, name, "HEAD", f"{repository}/manifests/{tag}")
+        digest = found.headers.get("docker-content-digest")
+        if found.status == 404:
+            continue
+        if found.status != 200 or not digest:
+            raise RegistryError(f"registry {name}: {repository}:{tag}: HTTP {found.status}")
+        gone = _call(client, name, "DELETE", f"{repository}/manifests/{digest}")
+        if gone.status not in (202, 404):
+            raise RegistryError(f"registry {name}: delete {repository}:{tag}: HTTP {gone.status}")
+        deleted.append(tag)
+    return deleted
+
+
+def collect_garbage(client: docker.DockerClient, name: str) -> None:
+    """Remove the blobs no manifest uses any more (the registry's own `garbage-collect`). Run
+    only while nothing pushes: a push's blobs are unreferenced until its manifest is put."""
+    try:
+        ran = client.containers.get(name).exec_run(
+            ["docker-registry", "garbage-collect", "--delete-untagged", CONFIG], demux=True
+        )
+    except ENGINE_ERRORS as exc:
+        raise RegistryError(f"registry {name}: garbage-collect: {exc}") from None
+    if ran.exit_code != 0:
+        detail = (ran.output[1] or ran.output[0] or b"").decode(errors="replace").splitlines()
+        raise RegistryError(
+            f"registry {name}: garbage-collect failed (exit {ran.exit_code}): "
+            f"{detail[-1] if detail else 'no output'}"
+        )

@@ -117,15 +117,19 @@ class StateDir:
 
 
 @contextlib.contextmanager
-def hold_lock(path: Path, wait: float, what: str, poll: float = 0.2) -> Iterator[None]:
+def hold_lock(
+    path: Path, wait: float, what: str, poll: float = 0.2, shared: bool = False
+) -> Iterator[None]:
     """`flock` on `path` for the block; released when it ends or the process dies. Every call
-    opens its own file description, so two holders in one process exclude each other too."""
+    opens its own file description, so two holders in one process exclude each other too.
+    `shared` holders exclude only an exclusive one."""
     fh = open(path, "a+")  # noqa: SIM115 - held for the whole block
     deadline = time.monotonic() + wait
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         while True:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh, mode | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:

@@ -34,6 +34,7 @@ import docker.errors
 from cidemo_infra import images
 from cidemo_infra.builds.source import fetch_commit
 from cidemo_infra.console import Reporter
+from cidemo_infra.envs.locks import registry_push_lock
 from cidemo_infra.errors import CidemoError
 from cidemo_infra.site.model import Build
 from cidemo_infra.state import StateDir
@@ -173,7 +174,8 @@ def _run(
                 with contextlib.suppress(docker.errors.APIError):
                     target.client.networks.get(network).remove()
         check()
-        _push(target, req, log)
+        with registry_push_lock(state):  # the registry collects no garbage under a push
+            _push(target, req, log)
         if req.is_fork:
             _forget_layers(target, req, log)
     except docker.errors.DockerException as exc:

@@ -5,9 +5,15 @@ staging's database alone, through the proxy, into a throwaway MariaDB (the "buil
 of the Galera image with Galera off) whose datadir is in the container's own filesystem, not a
 volume. The builder shuts down cleanly (slow shutdown: purged, redo log of 4 MiB), and `docker
 commit` makes it an image `cidemo-snapshot/<site>-<env>:<kind>-<taken>`; the kinds of one refresh
-come from one dump, one commit each. A preview's database is
-a container of that image: its writes go to the container's own upper layer (overlay2), the
-snapshot's files stay shared.
+come from one dump, one commit each. The image carries the snapshot between engines; on each
+host its files are copied once into the branch store (`placement/branch_store.py`), and a
+preview's database (`branches.py`) is a container of that image whose datadir is a reflink copy
+of them there: its writes are its own, the snapshot's blocks stay shared.
+
+An engine that lacks a snapshot gets it from the site registry when the site has one (`Route`:
+pushed once, pulled where needed, only the layers an engine lacks), else by save/load through
+the engines' APIs. The registry keeps the newest snapshot of each kind (`forget`, then its
+garbage collection).
 
 Kinds: `full` (staging's rows, for the repository's own pull requests), `schema` (staging's
 tables with no rows), `seed` (`schema`, then the site's `fork_script`) and `anonymised`
@@ -36,6 +42,7 @@ from typing import Any
 import docker
 import docker.errors
 
+from cidemo_infra import image_registry
 from cidemo_infra.databases.database import DatabaseError, validate_database_name
 from cidemo_infra.engines import ENGINE_ERRORS
 from cidemo_infra.placement import branch_store
@@ -474,24 +481,104 @@ def _run_script(box: Any, database: str, script: str) -> None:
         box.exec_run(["rm", "-f", SCRIPT_FILE])
 
 
+@dataclass(frozen=True)
+class Route:
+    """The site registry, for a site that has one: snapshots travel between engines through it
+    as `<address>/cidemo-snapshot/<site>-<env>:<kind>-<taken>` (so an engine fetches only the
+    layers it lacks: the snapshot's own, not the member image's under it)."""
+
+    address: str
+    auth: Mapping[str, str]
+
+    def ref(self, ref: str) -> str:
+        return f"{self.address}/{ref}"
+
+
+def _has(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
 def ship(
-    source: docker.DockerClient, targets: Mapping[str, docker.DockerClient], ref: str
+    source: docker.DockerClient,
+    targets: Mapping[str, docker.DockerClient],
+    ref: str,
+    route: Route | None = None,
 ) -> list[str]:
-    """Copy the image `ref` to the engines that lack it (save/load through their APIs: there is no
-    registry yet); returns the engines it was copied to."""
-    copied = []
-    for name, client in targets.items():
+    """Copy the image `ref` to the engines that lack it: pushed once to the site registry and
+    pulled from there when the site has one (`route`), else save/load through the engines' APIs.
+    Returns the engines it was copied to."""
+    missing = {name: client for name, client in targets.items() if not _has(client, ref)}
+    if missing and route is not None:
+        _push(source, ref, route)
+    for name, client in missing.items():
         try:
-            client.images.get(ref)
-            continue
-        except docker.errors.ImageNotFound:
-            pass
-        try:
-            client.images.load(source.images.get(ref).save(named=True))
+            if route is None:
+                client.images.load(source.images.get(ref).save(named=True))
+            else:
+                _pull(client, ref, route)
         except ENGINE_ERRORS as exc:
-            raise DatabaseError(f"engine {name}: cannot load snapshot {ref}: {exc}") from None
-        copied.append(name)
-    return copied
+            via = f"from {route.address}" if route else "by save/load"
+            raise DatabaseError(f"engine {name}: cannot get snapshot {ref} {via}: {exc}") from None
+    return list(missing)
+
+
+def _stream_errors(chunks: Iterator[Mapping[str, Any]]) -> str | None:
+    for chunk in chunks:
+        if "error" in chunk:
+            return str(chunk["error"])
+    return None
+
+
+def _push(source: docker.DockerClient, ref: str, route: Route) -> None:
+    """The registry's name stays on the image (gc removes it with the image): two runs shipping
+    one snapshot at once must not untag it under each other's push."""
+    repo, tag = route.ref(ref).rsplit(":", 1)
+    try:
+        source.api.tag(ref, repo, tag)
+        pushed = source.api.push(
+            repo, tag=tag, auth_config=dict(route.auth), stream=True, decode=True
+        )
+        error = _stream_errors(pushed)
+    except ENGINE_ERRORS as exc:
+        error = str(exc)
+    if error:
+        raise DatabaseError(
+            f"cannot push snapshot {ref} to the site registry {route.address}: {error}"
+        )
+
+
+def _pull(client: docker.DockerClient, ref: str, route: Route) -> None:
+    remote = route.ref(ref)
+    repo, tag = remote.rsplit(":", 1)
+    pulled = client.api.pull(repo, tag=tag, auth_config=dict(route.auth), stream=True, decode=True)
+    error = _stream_errors(pulled)
+    if error:
+        raise docker.errors.APIError(error)
+    local_repo, local_tag = ref.rsplit(":", 1)
+    client.api.tag(remote, local_repo, local_tag)
+
+
+def forget(
+    client: docker.DockerClient, registry: str, site: str, env: str, keep: Sequence[str]
+) -> list[str]:
+    """Delete from the site registry (container `registry` on `client`'s engine) the site's
+    snapshots of `env` but the tags `keep`; returns the tags deleted. Their blobs stay until
+    `image_registry.collect_garbage`."""
+    repo = repository(site, env)
+    doomed = [t for t in image_registry.tags(client, registry, repo) if t not in keep]
+    return image_registry.delete_tags(client, registry, repo, doomed)
+
+
+def newest(client: docker.DockerClient, site: str) -> list[Snapshot]:
+    """The current snapshot of each kind on one engine."""
+    found: dict[str, Snapshot] = {}
+    for snap in snapshots(client, site):  # newest first
+        found.setdefault(snap.kind, snap)
+    return list(found.values())
 
 
 def gc(client: docker.DockerClient, site: str, keep: Sequence[str] = ()) -> list[str]:
@@ -512,10 +599,22 @@ def gc(client: docker.DockerClient, site: str, keep: Sequence[str] = ()) -> list
         if client.api.containers(all=True, filters={"ancestor": snap.image_id}):
             continue
         try:
-            client.api.remove_image(snap.ref)
+            for tag in _names_of(client, snap):
+                client.api.remove_image(tag)
         except docker.errors.APIError:
             continue  # used by a container created meanwhile: the next gc removes it
         removed.append(snap)
     if removed and kept:
         branch_store.remove_snapshots(client, kept, site, [s.short for s in removed])
     return [s.ref for s in removed]
+
+
+def _names_of(client: docker.DockerClient, snap: Snapshot) -> list[str]:
+    """The snapshot's tags on one engine: its own, and the site registry's name for it where
+    it was pushed or pulled. The image goes with the last one removed: its own, so that an image a
+    container took meanwhile keeps the name the next gc finds it by."""
+    try:
+        tags = client.api.inspect_image(snap.image_id).get("RepoTags") or []
+    except docker.errors.NotFound:
+        return []
+    return [t for t in tags if t.endswith(f"/{snap.ref}")] + [snap.ref]  # its own the last

@@ -32,17 +32,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker
 import docker.errors
 import etcd
 
+from cidemo_infra import image_registry
 from cidemo_infra.backups import backup
 from cidemo_infra.backups.store import BackupStore, check_name, store_for
 from cidemo_infra.console import Reporter
 from cidemo_infra.databases import branches, capacity, database, snapshots
 from cidemo_infra.envs import names, records
-from cidemo_infra.envs.locks import env_lock, previews_lock, snapshot_lock
+from cidemo_infra.envs.locks import (
+    env_lock,
+    previews_lock,
+    registry_collect_lock,
+    registry_push_lock,
+    snapshot_lock,
+)
 from cidemo_infra.envs.names import Environment
-from cidemo_infra.errors import CidemoError, UsageError
+from cidemo_infra.errors import CidemoError, LockError, UsageError
 from cidemo_infra.lifecycle import SECRETS, Session, open_session
 from cidemo_infra.pipeline.github import PullRequests
 from cidemo_infra.placement import branch_store
@@ -336,17 +344,73 @@ def take_snapshots(ctx: EnvContext, kinds: Sequence[str]) -> list[snapshots.Snap
         targets = {p.engine: ctx.session.clients[p.engine] for p in placements}
         targets.pop(engine, None)
         copied: set[str] = set()
+        route = snapshot_route(ctx)
         for snap in made:
-            shipped_to = snapshots.ship(client, targets, snap.ref)
+            shipped_to = _ship(ctx, client, targets, snap, route)
             for target in shipped_to:  # its files into that host's branch store now, not
                 snapshots.prepare(targets[target], ctx.site.name, snap)  # at a first branch
             copied.update(shipped_to)
         for target in {engine: client, **targets}.values():
             snapshots.gc(target, ctx.site.name, keep=tuple(s.ref for s in made))
-    shipped = f", copied to {', '.join(sorted(copied))}" if copied else ""
+        if route is not None:
+            _forget_in_registry(
+                ctx, stage.name, [s.short for s in snapshots.newest(client, ctx.site.name)]
+            )
+    via = f" through {route.address}" if route and copied else ""
+    shipped = f", copied to {', '.join(sorted(copied))}{via}" if copied else ""
     refs = ", ".join(s.ref for s in made)
     ctx.reporter.step(f"snapshot {refs} ({time.monotonic() - started:.1f} s{shipped})")
     return made
+
+
+def snapshot_route(ctx: EnvContext) -> snapshots.Route | None:
+    """The site registry, where the site has one: the way snapshots go between engines."""
+    if not image_registry.is_placed(ctx.site):
+        return None
+    image_registry.trust(ctx.site, ctx.state, ctx.session.inventory)
+    return snapshots.Route(
+        image_registry.address(ctx.site, ctx.session.inventory),
+        image_registry.auth_config(ctx.state),
+    )
+
+
+def _ship(
+    ctx: EnvContext,
+    source: docker.DockerClient,
+    targets: dict[str, docker.DockerClient],
+    snap: snapshots.Snapshot,
+    route: snapshots.Route | None,
+) -> list[str]:
+    if route is None:
+        return snapshots.ship(source, targets, snap.ref)
+    with registry_push_lock(ctx.state):  # no garbage collection under a push
+        return snapshots.ship(source, targets, snap.ref, route)
+
+
+GARBAGE_PENDING = "registry-garbage"  # in the state directory: deleted, not yet collected
+
+
+def _forget_in_registry(ctx: EnvContext, env: str, keep: Sequence[str]) -> None:
+    """The registry keeps the current snapshot of each kind (`keep`): older ones are deleted,
+    then its garbage is collected, unless a push is under way (the next refresh collects it).
+    A failure here leaves the new snapshots in place; it is reported, not raised."""
+    standalone = ctx.session.inventory.of_role("standalone")[0]
+    client = ctx.session.clients[standalone.engine]
+    name = image_registry.container(ctx.site)
+    pending = ctx.state.path / GARBAGE_PENDING
+    try:
+        deleted = snapshots.forget(client, name, ctx.site.name, env, keep)
+        if deleted:
+            pending.touch()
+            ctx.reporter.step(f"site registry: older snapshots deleted ({', '.join(deleted)})")
+        if pending.exists():
+            with registry_collect_lock(ctx.state):
+                image_registry.collect_garbage(client, name)
+            pending.unlink()
+    except LockError:
+        ctx.reporter.step("site registry: a push is under way; its garbage is collected later")
+    except CidemoError as exc:
+        ctx.reporter.step(f"site registry: older snapshots not deleted ({exc}); next refresh")
 
 
 def take_snapshot(ctx: EnvContext, kind: str) -> snapshots.Snapshot:
@@ -424,7 +488,7 @@ def _ensure_branch(
         placement.node,
     )
     _, builder = _builder(ctx)
-    snapshots.ship(builder, {placement.engine: clients[placement.engine]}, snap.ref)
+    _ship(ctx, builder, {placement.engine: target}, snap, snapshot_route(ctx))
     if ctx.site.engines_here:
         branch_store.ensure_local()  # mounted again after a reboot, before any branch starts
     started = time.monotonic()

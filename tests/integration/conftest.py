@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import secrets
 import shutil
 import signal
@@ -250,6 +251,20 @@ def spare_dockerd(
         yield spare.start()
     finally:
         spare.close()
+
+
+@pytest.fixture
+def second_engine() -> Iterator[tuple[str, docker.DockerClient]]:
+    """A second dockerd with its own socket and data root, started and stopped by the test."""
+    need(shutil.which("dockerd") is not None and os.geteuid() == 0, "dockerd and root")
+    root = Path("/tmp/cidemo-test-engine2")
+    url = f"unix://{root / 'docker.sock'}"
+
+    def connect() -> docker.DockerClient:
+        return negotiated_client(url, node="engine2")
+
+    with spare_dockerd(root, url, connect) as client:
+        yield url, client
 
 
 def provision_converged(site: TestSite) -> Run:

@@ -7,11 +7,16 @@ snapshot under staging's writes, forks (schema only, and a seed script), limits,
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
 import shutil
+import ssl
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +26,15 @@ import pymysql
 import pytest
 import yaml
 
+from cidemo_infra import image_registry
+from cidemo_infra.console import Reporter
+from cidemo_infra.databases import branches, snapshots
 from cidemo_infra.databases.snapshots import LIVE_DATADIR, SNAPSHOT_MOUNT, START
 from cidemo_infra.envs.locks import snapshot_lock
+from cidemo_infra.pipeline import operations
 from cidemo_infra.placement import branch_store
 from cidemo_infra.placement.teardown import remove_site_apps
+from cidemo_infra.site import load_site
 from cidemo_infra.state import StateDir
 from tests.conftest import REPO
 from tests.integration.conftest import (
@@ -64,6 +74,8 @@ def site(
             },
         },
     )
+    made.data["services"]["registry"] = {"port": free_port()}
+    made.path.write_text(yaml.safe_dump(made.data))
     try:
         result = provision_converged(made)
         assert result.rc == 0, result.err + result.out
@@ -71,6 +83,7 @@ def site(
     finally:
         removed = remove_site_apps(engine, made.name)
         remove_site([engine], made.name)
+        shutil.rmtree(f"/etc/docker/certs.d/{registry_address(made)}", ignore_errors=True)
     assert f"branch store {branch_store.STORE}/{made.name}" in removed
     assert not (Path(branch_store.STORE) / made.name).exists()
 
@@ -374,6 +387,75 @@ def test_env_list_shows_the_snapshot_of_each_preview(site: TestSite) -> None:
         f"cidemo-snapshot/{site.name}-stage-{APP}:full-"
     )
     assert ":schema-" in rows[f"pr-4-{APP}"]["snapshot"]
+
+
+def registry_address(site: TestSite) -> str:
+    return f"127.0.0.1:{site.data['services']['registry']['port']}"
+
+
+def registry_call(site: TestSite, path: str, method: str = "GET") -> tuple[int, bytes]:
+    """The site registry's API over HTTPS, verified against the site CA, as the user `cidemo`."""
+    context = ssl.create_default_context(cafile=str(site.state / "tls" / "ca.pem"))
+    request = urllib.request.Request(f"https://{registry_address(site)}/v2/{path}", method=method)
+    token = base64.b64encode(f"cidemo:{site.secret('registry_password')}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    request.add_header("Accept", image_registry.MANIFEST_TYPES)
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def test_a_snapshot_reaches_another_engine_through_the_site_registry(
+    engine: docker.DockerClient, site: TestSite, second_engine: tuple[str, docker.DockerClient]
+) -> None:
+    """An engine without the snapshot pulls it from the site registry (pushed once), a branch
+    starts there from it, and the next refresh deletes it from the registry, blobs and all."""
+    _, spare = second_engine
+    loaded = load_site(site.path)
+    with operations.open_envs(loaded, StateDir(site.state, site.name), Reporter(quiet=True)) as ctx:
+        route = operations.snapshot_route(ctx)
+        assert route is not None and route.address == registry_address(site)
+        snap = snapshots.current(engine, site.name, "full")
+        assert snap is not None
+        assert snapshots.ship(engine, {"spare": spare}, snap.ref, route) == ["spare"]
+        assert snapshots.ship(engine, {"spare": spare}, snap.ref, route) == []  # it has it now
+    assert spare.images.get(snap.ref).id == snap.image_id  # the same image, labels and all
+    repo = snapshots.repository(site.name, f"stage-{APP}")
+    status, body = registry_call(site, f"{repo}/tags/list")
+    assert status == 200 and json.loads(body)["tags"] == [snap.short]
+    status, body = registry_call(site, f"{repo}/manifests/{snap.short}")
+    assert status == 200
+    own_layer = json.loads(body)["layers"][-1]["digest"]  # the snapshot's files
+    # a branch on the second engine, reached on its published port as the app's user
+    env, password = f"pr-90-{APP}", secrets.token_urlsafe(16)
+    made = branches.create(
+        spare,
+        branches.Placement("spare", "spare", None, publish_on="127.0.0.1"),
+        site=site.name,
+        env=env,
+        snapshot=snap,
+        database=STAGE,
+        user="pr_90",
+        password=password,
+        limits=branches.Limits(0.5, 192),
+    )
+    try:
+        conn = pymysql.connect(
+            host=made.host, port=made.port, user="pr_90", password=password, connect_timeout=5
+        )
+        assert sql(conn, f"SELECT COUNT(*) FROM {STAGE}.entries")[0][0] >= 2
+        conn.close()
+    finally:
+        assert branches.remove({"spare": spare}, site.name, env)
+    # a refresh: the registry keeps the current snapshots only, and collects the old one's blobs
+    result = env_cli(site, "snapshot")
+    assert result.rc == 0, result.err
+    assert f"older snapshots deleted ({snap.short})" in result.err
+    assert registry_call(site, f"{repo}/manifests/{snap.short}")[0] == 404
+    assert registry_call(site, f"{repo}/blobs/{own_layer}", method="HEAD")[0] == 404
+    assert not (site.state / operations.GARBAGE_PENDING).exists()
 
 
 def test_env_down_leaves_no_container_and_no_volume(

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
 
 from cidemo_infra import lifecycle
 from cidemo_infra.console import Reporter
-from cidemo_infra.engines import negotiated_client
 from cidemo_infra.galera.member import member_status
 from cidemo_infra.registry.keys import guard_key
 from cidemo_infra.site import load_site
 from cidemo_infra.state import StateDir
-from tests.conftest import need
-from tests.integration.conftest import free_subnet, remove_site, spare_dockerd
+from tests.integration.conftest import free_subnet, remove_site
 
 pytestmark = pytest.mark.integration
 
@@ -102,20 +96,6 @@ def test_unreachable_engine_is_one_line_naming_the_node(site_factory, tmp_path: 
     assert len(lines) == 1
     assert "node deis-1: Docker engine at unix://" in lines[0]
     assert "does not answer" in lines[0]
-
-
-@pytest.fixture
-def second_engine(engine) -> Iterator[tuple[str, docker.DockerClient]]:
-    """A second dockerd with its own socket and data root, started and stopped by the test."""
-    need(shutil.which("dockerd") is not None and os.geteuid() == 0, "dockerd and root")
-    root = Path("/tmp/cidemo-test-engine2")
-    url = f"unix://{root / 'docker.sock'}"
-
-    def connect() -> docker.DockerClient:
-        return negotiated_client(url, node="engine2")
-
-    with spare_dockerd(root, url, connect) as client:
-        yield url, client
 
 
 @pytest.mark.full_only  # multi-host placement also runs in make test on the lab's nodes
