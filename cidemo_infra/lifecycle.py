@@ -36,12 +36,14 @@ from cidemo_infra.placement.specs import (
     LABEL_SITE,
     PROXY_RO_PORT,
     PROXY_RW_PORT,
+    REGISTRY_PORT,
     ContainerSpec,
     apps_domain,
     container_name,
     desired_specs,
     etcd_bridge_spec,
     etcd_scheme,
+    has_registry,
     has_router,
     image_refs,
     local_address,
@@ -405,9 +407,11 @@ def place_services(
                 executor.apply(_bootstrap_first(session.actions(), bootstrap))
             _remove_etcd_bridge(session)
             if site.engines_here:
-                firewall.install(site.name, site_cidrs(site).split(","))
+                registry = [REGISTRY_PORT] if has_registry(site) else []
+                firewall.install(site.name, site_cidrs(site).split(","), registry)
                 reporter.step(
-                    "firewall: the apps' network cannot reach etcd, Docker or Galera "
+                    "firewall: the apps' network cannot reach etcd, Docker, Galera"
+                    f"{' or the site registry' if registry else ''} "
                     f"(chains {firewall.chains(site.name).forward}, "
                     f"{firewall.chains(site.name).input})"
                 )

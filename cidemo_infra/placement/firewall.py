@@ -1,4 +1,5 @@
-"""The apps' firewall: containers of the apps' overlay network never reach etcd, Docker or Galera.
+"""The apps' firewall: containers of the apps' overlay network never reach etcd, Docker, Galera
+or the site registry.
 
 Swarm tasks leave their overlay through `docker_gwbridge`. A task that connects to its own
 node's address goes through INPUT; to another node, or (local target) to a service container on
@@ -38,9 +39,12 @@ def chains(site: str) -> Chains:
     return Chains(f"CIDEMO-{digest}-F", f"CIDEMO-{digest}-I")
 
 
-def rules(site: str, cidrs: Sequence[str]) -> dict[str, list[list[str]]]:
-    """Chain -> its rules (iptables arguments after `-A <chain>`)."""
-    ports = ",".join(str(p) for p in CONTROL_PORTS)
+def rules(
+    site: str, cidrs: Sequence[str], extra_ports: Sequence[int] = ()
+) -> dict[str, list[list[str]]]:
+    """Chain -> its rules (iptables arguments after `-A <chain>`). `extra_ports`: the site
+    registry's, where one is placed (it holds the built images and staging's snapshots)."""
+    ports = ",".join(str(p) for p in dict.fromkeys((*CONTROL_PORTS, *extra_ports)))
     comment = ["-m", "comment", "--comment", f"cidemo {site}: apps never reach the control plane"]
     reject = ["-j", "REJECT", "--reject-with", "tcp-reset"]
     match = ["-i", APPS_BRIDGE, "-p", "tcp", "-m", "multiport", "--dports", ports]
@@ -63,10 +67,10 @@ def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
     return result
 
 
-def install(site: str, cidrs: Sequence[str]) -> None:
+def install(site: str, cidrs: Sequence[str], extra_ports: Sequence[int] = ()) -> None:
     """Create or refresh the site's chains and their jumps (idempotent)."""
     names = chains(site)
-    wanted = rules(site, cidrs)
+    wanted = rules(site, cidrs, extra_ports)
     for parent, chain in (("DOCKER-USER", names.forward), ("INPUT", names.input)):
         if parent == "DOCKER-USER" and _iptables("-S", parent, check=False).returncode != 0:
             _iptables("-N", parent)  # dockerd adds its jump from FORWARD when it starts

@@ -249,7 +249,8 @@ def _template_variables(ctx: NodeContext, template_name: str) -> dict[str, Any]:
         "tls_dir": ETCD_TLS_DIR,
     }
     network = ctx.site_network or ",".join(f"{m.private_ip}/32" for m in members)
-    fence = firewall.rules(ctx.site_name, network.split(","))
+    registry_port = [int(registry.rsplit(":", 1)[1])] if registry else []
+    fence = firewall.rules(ctx.site_name, network.split(","), registry_port)
     fence_chains = firewall.chains(ctx.site_name)
     docker_opts = [
         "--tlsverify",

@@ -23,9 +23,10 @@ import pytest
 import yaml
 from openstack.connection import Connection
 
-from cidemo_infra import images
+from cidemo_infra import image_registry, images
 from cidemo_infra.cloud import find, sweep
 from cidemo_infra.console import Reporter
+from cidemo_infra.databases import snapshots
 from cidemo_infra.engines import client_for
 from cidemo_infra.inventory import Inventory
 from tests.cloud.conftest import missing
@@ -172,6 +173,8 @@ def lab_site(
     data.update(name=name, cloud=os.environ.get("OS_CLOUD", "cidemo-test"))
     data["ssh"] = {"key_name": f"{name}-key", "public_key_file": str(SITES / "example-key.pub")}
     data["services"]["galera"]["cluster_name"] = name
+    if os.environ.get("CIDEMO_LAB_FULL") == "1":  # the site registry on standalone-1: snapshots
+        data["environments"]["build"] = {"test_command": ["true"]}  # go through it to the nodes
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     base = work / "labd"
@@ -267,6 +270,12 @@ def test_previews_run_on_a_swarm_of_the_three_deis_nodes(lab_site: LabSite) -> N
 
     staging = site.cidemo("env", "up", "--staging", "--ref", SHA, "--image", image)
     assert staging.rc == 0, staging.out + staging.err
+    # staging's snapshot went to the other Deis nodes through the site registry on standalone-1
+    registry = f"{site.inventory().node('standalone-1').private_ip}:5000"
+    assert f"through {registry}" in staging.err, staging.err[-3000:]
+    repo = snapshots.repository(site.name, "stage-guestbook")
+    held = image_registry.tags(engines["standalone-1"], f"cidemo-{site.name}-registry", repo)
+    assert [t.split("-")[0] for t in held] == ["full", "schema"], held  # one of each kind
     preview = site.cidemo("env", "up", "--pr", "7", "--ref", SHA, "--image", image)
     assert preview.rc == 0, preview.out + preview.err
 

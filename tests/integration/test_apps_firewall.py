@@ -21,12 +21,13 @@ from cidemo_infra import images
 from cidemo_infra.console import Reporter
 from cidemo_infra.placement import firewall
 from tests.conftest import need
-from tests.integration.conftest import free_subnet
+from tests.integration.conftest import free_port, free_subnet
 
 pytestmark = pytest.mark.integration
 
 LABELS = {"io.cidemo.test": "apps-firewall"}
 HOST_PORT = 4568  # one of firewall.CONTROL_PORTS: Galera's IST port, as a host-network service
+REGISTRY_PORT = free_port()  # as the site registry's on a cloud node: fenced where one is placed
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,11 @@ def world(engine: docker.DockerClient, image: str) -> Iterator[dict[str, str]]:
         member_ip = member.attrs["NetworkSettings"]["Networks"][site_net.name]["IPAddress"]
         hosted = engine.containers.run(
             image,
-            entrypoint=["bash", "-c", listen.format(HOST_PORT)],
+            entrypoint=[
+                "bash",
+                "-c",
+                f"{listen.format(REGISTRY_PORT)} & {listen.format(HOST_PORT)}",
+            ],
             network_mode="host",
             labels=LABELS,
             user="root",
@@ -110,7 +115,7 @@ def world(engine: docker.DockerClient, image: str) -> Iterator[dict[str, str]]:
         )
         made.insert(0, hosted)
         deadline = time.monotonic() + 30
-        while not _listens(HOST_PORT):
+        while not (_listens(HOST_PORT) and _listens(REGISTRY_PORT)):
             assert time.monotonic() < deadline, "the host-network listener did not start"
             time.sleep(0.5)
         gateway = engine.networks.get("docker_gwbridge").attrs["IPAM"]["Config"][0]["Gateway"]
@@ -147,6 +152,11 @@ def test_the_apps_network_cannot_reach_control_ports_and_the_site_still_can(
     assert not connects(engine, image, apps, world["host"], HOST_PORT)  # INPUT
     assert not connects(engine, image, apps, world["member"], 3306)  # DOCKER-USER
     assert eventually_connects(engine, image, site_net, world["member"], 3306)  # the platform
+    # a site with a registry fences its port too
+    assert connects(engine, image, apps, world["host"], REGISTRY_PORT)
+    firewall.install(world["site"], [world["subnet"]], [REGISTRY_PORT])
+    assert not connects(engine, image, apps, world["host"], REGISTRY_PORT)
+    assert not connects(engine, image, apps, world["host"], HOST_PORT)
 
     firewall.remove(world["site"])
     rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout

@@ -546,6 +546,23 @@ def test_flatcar_nodes_fence_the_apps_network_on_input_and_docker_user(pki: Pki,
     assert "-i docker_gwbridge" in inbound and ports in inbound
 
 
+def test_the_apps_firewall_fences_the_site_registry_where_one_is_placed(pki: Pki) -> None:
+    chains = firewall.chains(SITE)
+    for address, fenced in (("10.42.0.13:5123", True), ("", False)):
+        _, doc = render(
+            pki, "flatcar", "deis", site_network="10.42.0.0/24", registry_address=address
+        )
+        unit = units(doc)["cidemo-apps-firewall.service"]["content"].splitlines()
+        appended = [
+            ln for ln in unit if f"-A {chains.forward} " in ln or f"-A {chains.input} " in ln
+        ]
+        assert len(appended) == 2
+        assert all(
+            (",".join(map(str, firewall.CONTROL_PORTS)) + ",5123" in ln) is fenced
+            for ln in appended
+        )
+
+
 @pytest.mark.parametrize(("profile", "role"), CASES)
 def test_nodes_trust_the_site_ca_for_the_site_registry(pki: Pki, profile: str, role: str) -> None:
     """Every node's engine pulls the site's builds: the site CA for that one registry only."""
