@@ -361,6 +361,27 @@ def provision(
     place_services(site, state, reporter, dry_run=dry_run, lock_wait=lock_wait, site_path=site_path)
 
 
+def _refuse_strangers_volumes(session: Session) -> None:
+    """A state directory with no root password yet meets Galera data volumes of its site: they
+    were made by another state directory (another checkout, a lost `.cidemo/`), and their
+    databases know another password. Refused before anything changes, rather than placed and
+    then failing the smoke checks with "Access denied"."""
+    site, state = session.site, session.state
+    if state.known_secret("root_password", SECRETS["root_password"]) is not None:
+        return
+    flt = {"label": [f"{LABEL_SITE}={site.name}", "io.cidemo.role=galera"]}
+    for engine, client in session.clients.items():
+        found = sorted(v.name for v in client.volumes.list(filters=flt))
+        if found:
+            raise UsageError(
+                f"site '{site.name}': engine {engine} has its Galera data volumes ({found[0]}"
+                f"{f' +{len(found) - 1} more' if len(found) > 1 else ''}) but the state "
+                f"directory {state.path} has no root password for them: give the --state-dir "
+                f"that made them (or {SECRETS['root_password']}), or remove them with "
+                "cidemo destroy --purge"
+            )
+
+
 def _print_nodes(inventory: Inventory, reporter: Reporter) -> None:
     reporter.table(
         ["node", "role", "private address", "public address", "docker"],
@@ -384,6 +405,7 @@ def place_services(
     with state.lock(lock_wait):
         session = open_session(site, state, reporter, build=not dry_run, wait=wait)
         try:
+            _refuse_strangers_volumes(session)
             actions = session.actions()
             app = _app_image(session, site_path, dry_run=dry_run)
             if dry_run:

@@ -21,6 +21,7 @@ import requests
 from cidemo_infra.databases.database import connect
 from cidemo_infra.placement import firewall
 from cidemo_infra.tls.pki import ensure_pki
+from tests.conftest import run_cidemo
 from tests.integration.conftest import TestSite, make_site, remove_site
 
 pytestmark = pytest.mark.integration
@@ -95,6 +96,21 @@ def test_second_provision_plans_nothing(site: TestSite) -> None:
     checks = [line.split("  ")[0] for line in again.out.splitlines() if "  ok  " in line]
     assert set(ALL_CHECKS) <= set(checks), again.out
     assert len([c for c in checks if c.startswith("galera deis-")]) == 3, again.out
+
+
+def test_a_new_state_directory_beside_the_sites_volumes_is_refused(
+    site: TestSite, tmp_path: Path
+) -> None:
+    """Another checkout (a state directory without the site's secrets) meets the data volumes:
+    one line, exit 2, nothing placed or generated; the site still converged from its own."""
+    other = tmp_path / "other-state"
+    result = run_cidemo("provision", "--site", str(site.path), "--state-dir", str(other))
+    assert result.rc == 2, result.err + result.out
+    (line,) = result.err.strip().splitlines()
+    assert f"site '{site.name}': engine " in line and "Galera data volumes" in line, line
+    assert "no root password" in line and "destroy --purge" in line, line
+    assert not (other / "secrets").exists()
+    assert json.loads(site.cidemo("plan", "--json").out)["actions"] == []
 
 
 def test_smoke_names_every_failure_and_one_provision_heals_them(engine, site: TestSite) -> None:
