@@ -30,7 +30,7 @@ from cidemo_infra import image_registry
 from cidemo_infra.console import Reporter
 from cidemo_infra.databases import branches, snapshots
 from cidemo_infra.databases.snapshots import LIVE_DATADIR, SNAPSHOT_MOUNT, START
-from cidemo_infra.envs.locks import snapshot_lock
+from cidemo_infra.envs.locks import registry_push_lock, snapshot_lock
 from cidemo_infra.pipeline import operations
 from cidemo_infra.placement import branch_store
 from cidemo_infra.placement.teardown import remove_site_apps
@@ -455,6 +455,26 @@ def test_a_snapshot_reaches_another_engine_through_the_site_registry(
     assert f"older snapshots deleted ({snap.short})" in result.err
     assert registry_call(site, f"{repo}/manifests/{snap.short}")[0] == 404
     assert registry_call(site, f"{repo}/blobs/{own_layer}", method="HEAD")[0] == 404
+    assert not (site.state / operations.GARBAGE_PENDING).exists()
+    # while a push holds the registry, a refresh deletes tags but leaves the blobs to the next
+    state = StateDir(site.state, site.name)
+    with operations.open_envs(loaded, state, Reporter(quiet=True)) as ctx:
+        newer = snapshots.current(engine, site.name, "full")
+        assert newer is not None and newer.ref != snap.ref
+        route = operations.snapshot_route(ctx)
+        assert snapshots.ship(engine, {"spare": spare}, newer.ref, route) == ["spare"]
+    status, body = registry_call(site, f"{repo}/manifests/{newer.short}")
+    newer_layer = json.loads(body)["layers"][-1]["digest"]
+    with registry_push_lock(state):
+        held = env_cli(site, "snapshot")
+    assert held.rc == 0, held.err
+    assert f"older snapshots deleted ({newer.short})" in held.err
+    assert "a push is under way; its garbage is collected later" in held.err
+    assert (site.state / operations.GARBAGE_PENDING).exists()
+    assert registry_call(site, f"{repo}/blobs/{newer_layer}", method="HEAD")[0] == 200
+    freed = env_cli(site, "snapshot")
+    assert freed.rc == 0, freed.err
+    assert registry_call(site, f"{repo}/blobs/{newer_layer}", method="HEAD")[0] == 404
     assert not (site.state / operations.GARBAGE_PENDING).exists()
 
 
