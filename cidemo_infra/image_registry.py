@@ -118,13 +118,16 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json, "
     "application/vnd.oci.image.manifest.v1+json"
 )
-# Runs in the registry container: curl's `user` from the secret file, through a pipe.
+# Runs in the registry container: curl's `user` from the secret file, through a pipe. Arguments:
+# curl's method option, the Accept header, the API path, the user, the password file.
 _CALL = r"""set -eu
-sed -e 's/[\\"]/\\&/g' -e 's/^/user = "cidemo:/' -e 's/$/"/' /etc/cidemo/secrets/registry_password |
-  curl -sS -k -K - -D - -o /tmp/.cidemo-registry-body $1 -H "Accept: $2" \
-    "https://127.0.0.1:${REGISTRY_PORT:-5000}/v2/$3"
-echo; cat /tmp/.cidemo-registry-body; rm -f /tmp/.cidemo-registry-body
+body=$(mktemp)
+trap 'rm -f "$body"' EXIT
+sed -e 's/[\\"]/\\&/g' -e "s/^/user = \"$4:/" -e 's/$/"/' "$5" |
+  curl -sS -k -K - -D - -o "$body" $1 -H "Accept: $2" "https://127.0.0.1:${REGISTRY_PORT:-5000}/v2/$3"
+echo; cat "$body"
 """
+SECRET_FILE = f"/etc/cidemo/secrets/{PASSWORD}"  # where placement copies it into the container
 _METHODS = {"GET": "", "HEAD": "-I", "DELETE": "-X DELETE"}
 CONFIG = "/run/cidemo/config.yml"  # written by the image's entrypoint
 
@@ -143,7 +146,8 @@ def container(site: Site) -> str:
 def _call(client: docker.DockerClient, name: str, method: str, path: str) -> Reply:
     try:
         ran = client.containers.get(name).exec_run(
-            ["sh", "-c", _CALL, "sh", _METHODS[method], MANIFEST_TYPES, path], demux=True
+            ["sh", "-c", _CALL, "sh", _METHODS[method], MANIFEST_TYPES, path, USER, SECRET_FILE],
+            demux=True,
         )
     except ENGINE_ERRORS as exc:
         raise RegistryError(f"registry {name}: {method} /v2/{path}: {exc}") from None

@@ -12,7 +12,7 @@ of them there: its writes are its own, the snapshot's blocks stay shared.
 
 An engine that lacks a snapshot gets it from the site registry when the site has one (`Route`:
 pushed once, pulled where needed, only the layers an engine lacks), else by save/load through
-the engines' APIs. The registry keeps the newest snapshot of each kind (`forget`, then its
+the engines' APIs. The registry keeps the current snapshot of each kind (`forget`, then its
 garbage collection).
 
 Kinds: `full` (staging's rows, for the repository's own pull requests), `schema` (staging's

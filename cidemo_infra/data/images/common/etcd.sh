@@ -53,8 +53,18 @@ service_identity() {
   export TTL
 }
 
+# _etcd_uri VALUE: percent-encoded for a query string (RFC 3986 unreserved characters kept, UTF-8
+# byte by byte), in bash: a registration writes several keys, and a jq per value cost 20 ms each.
 _etcd_uri() {
-  jq -rn --arg v "$1" '$v|@uri'
+  local LC_ALL=C s=$1 out="" c i
+  for ((i = 0; i < ${#s}; i++)); do
+    c=${s:i:1}
+    case "$c" in
+      [a-zA-Z0-9._~-]) out+=$c ;;
+      *) printf -v c '%%%02X' "'$c"; out+=$c ;;
+    esac
+  done
+  printf '%s' "$out"
 }
 
 _etcd_url() {
@@ -142,33 +152,66 @@ etcd_refresh() {
 }
 
 # etcd_refresh_all TTL KEY VALUE [KEY VALUE ...]: etcd_refresh of every pair in one curl (one TLS
-# handshake, the connection reused); a key that expired or changed is then set on its own.
-# 0 when every key holds its value with a fresh TTL.
+# handshake, the connection reused) and one jq for all the answers; the keys that expired or changed
+# are then set together the same way (etcd_set_all). 0 when every key holds its value with a fresh
+# TTL.
 etcd_refresh_all() {
-  local ttl=$1 args=() keys=() values=() body i=0 rc=0 one
+  local ttl=$1 urls=() keys=() values=() outcomes=() again=() i rc=0
   shift
-  _etcd_tls_args
   while [ $# -ge 2 ]; do
-    [ ${#args[@]} -eq 0 ] || args+=(--next)
-    args+=(-sS --connect-timeout 2 --max-time "$ETCD_TIMEOUT" "${ETCD_CURL_TLS[@]}" -X PUT -w '\n'
-      --data-urlencode "ttl=$ttl"
-      "$(_etcd_url "$1")?refresh=true&prevExist=true&prevValue=$(_etcd_uri "$2")")
+    urls+=("$(_etcd_url "$1")?refresh=true&prevExist=true&prevValue=$(_etcd_uri "$2")")
     keys+=("$1")
     values+=("$2")
     shift 2
   done
   [ ${#keys[@]} -gt 0 ] || return 0
-  body=$(curl "${args[@]}" 2>/dev/null) || return 2
-  while IFS= read -r one; do
-    [ -n "$one" ] || continue
-    [ "$i" -lt ${#keys[@]} ] || break
-    _etcd_result "$one" update compareAndSwap || {
-      [ $? -eq 1 ] && etcd_set "${keys[$i]}" "${values[$i]}" "$ttl" || rc=2
-    }
-    i=$((i + 1))
-  done <<<"$body"
-  [ "$i" -eq ${#keys[@]} ] || return 2
+  _etcd_put_each outcomes "ttl=$ttl" "${urls[@]}" || return 2
+  for i in "${!keys[@]}"; do
+    case "${outcomes[$i]}" in
+      update | compareAndSwap) ;;
+      E100 | E101 | E105) again+=("${keys[$i]}" "${values[$i]}") ;;
+      *) rc=2 ;;
+    esac
+  done
+  [ ${#again[@]} -eq 0 ] || etcd_set_all "$ttl" "${again[@]}" || rc=2
   return "$rc"
+}
+
+# etcd_set_all TTL KEY VALUE [KEY VALUE ...]: etcd_set of every pair, in one curl and one jq.
+etcd_set_all() {
+  local ttl=$1 urls=() outcomes=() one rc=0 n=0
+  shift
+  while [ $# -ge 2 ]; do
+    urls+=("$(_etcd_url "$1")?value=$(_etcd_uri "$2")")
+    shift 2
+  done
+  [ ${#urls[@]} -gt 0 ] || return 0
+  _etcd_put_each outcomes "ttl=$ttl" "${urls[@]}" || return 2
+  for one in "${outcomes[@]}"; do
+    case "$one" in
+      set | update | create) n=$((n + 1)) ;;
+      *) rc=2 ;;
+    esac
+  done
+  [ "$n" -eq ${#urls[@]} ] || rc=2
+  return "$rc"
+}
+
+# _etcd_put_each ARRAY DATA URL...: PUT DATA to each URL in one curl; ARRAY (a name) gets each
+# answer's action, or E<errorCode> (E0: neither). 2 when etcd did not answer every one.
+_etcd_put_each() {
+  local -n _answers=$1
+  local data=$2 args=() body url
+  shift 2
+  _etcd_tls_args
+  for url in "$@"; do
+    [ ${#args[@]} -eq 0 ] || args+=(--next)
+    args+=(-sS --connect-timeout 2 --max-time "$ETCD_TIMEOUT" "${ETCD_CURL_TLS[@]}" -X PUT -w '\n'
+      --data-urlencode "$data" "$url")
+  done
+  body=$(curl "${args[@]}" 2>/dev/null) || return 2
+  mapfile -t _answers < <(jq -r '.action // ("E" + ((.errorCode // 0) | tostring))' <<<"$body" 2>/dev/null)
+  [ ${#_answers[@]} -eq $# ] || return 2
 }
 
 # etcd_delete_if KEY VALUE: delete only a key that still holds VALUE; 0 also when it is already gone.

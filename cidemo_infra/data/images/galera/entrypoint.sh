@@ -429,7 +429,9 @@ while [ -z "$TERM_SIGNAL" ] && kill -0 "$MARIADBD" 2>/dev/null; do
       if announce_refresh; then LAST_REFRESH=$SECONDS; fi
     fi
   else
+    # until the first Synced, asked often: the tool's placement waits for this registration
     interval=0.5
+    [ "$SYNCED_ONCE" -eq 1 ] || interval=0.2
     announce_pause "wsrep state is '${state:-unknown}', wsrep_ready '${ready:-unknown}'"
     # the bootstrapping member says so until Synced, so that no other election starts meanwhile
     if [ "$MODE" = bootstrap ] && [ "$SYNCED_ONCE" -eq 0 ] && [ -n "$MY_UUID" ]; then
