@@ -143,22 +143,26 @@ def container(site: Site) -> str:
     return container_name(site, "registry")
 
 
-def _call(client: docker.DockerClient, name: str, method: str, path: str) -> Reply:
+def _exec(client: docker.DockerClient, name: str, argv: list[str], what: str) -> bytes:
+    """`argv` in the registry container `name`; its stdout, or RegistryError naming `what`."""
     try:
-        ran = client.containers.get(name).exec_run(
-            ["sh", "-c", _CALL, "sh", _METHODS[method], MANIFEST_TYPES, path, USER, SECRET_FILE],
-            demux=True,
-        )
+        ran = client.containers.get(name).exec_run(argv, demux=True)
     except ENGINE_ERRORS as exc:
-        raise RegistryError(f"registry {name}: {method} /v2/{path}: {exc}") from None
+        raise RegistryError(f"registry {name}: {what}: {exc}") from None
     out, err = ran.output
     if ran.exit_code != 0:
-        detail = (err or b"").decode(errors="replace").strip().splitlines()
+        detail = (err or out or b"").decode(errors="replace").strip().splitlines()
         raise RegistryError(
-            f"registry {name}: {method} /v2/{path} failed (exit {ran.exit_code}): "
+            f"registry {name}: {what} failed (exit {ran.exit_code}): "
             f"{detail[-1] if detail else 'no output'}"
         )
-    head, _, body = (out or b"").partition(b"\r\n\r\n")
+    return out or b""
+
+
+def _call(client: docker.DockerClient, name: str, method: str, path: str) -> Reply:
+    argv = ["sh", "-c", _CALL, "sh", _METHODS[method], MANIFEST_TYPES, path, USER, SECRET_FILE]
+    out = _exec(client, name, argv, f"{method} /v2/{path}")
+    head, _, body = out.partition(b"\r\n\r\n")
     lines = head.decode(errors="replace").split("\r\n")
     headers = {}
     for line in lines[1:]:
@@ -202,15 +206,5 @@ def delete_tags(
 def collect_garbage(client: docker.DockerClient, name: str) -> None:
     """Remove the blobs no manifest uses any more (the registry's own `garbage-collect`). Run
     only while nothing pushes: a push's blobs are unreferenced until its manifest is put."""
-    try:
-        ran = client.containers.get(name).exec_run(
-            ["docker-registry", "garbage-collect", "--delete-untagged", CONFIG], demux=True
-        )
-    except ENGINE_ERRORS as exc:
-        raise RegistryError(f"registry {name}: garbage-collect: {exc}") from None
-    if ran.exit_code != 0:
-        detail = (ran.output[1] or ran.output[0] or b"").decode(errors="replace").splitlines()
-        raise RegistryError(
-            f"registry {name}: garbage-collect failed (exit {ran.exit_code}): "
-            f"{detail[-1] if detail else 'no output'}"
-        )
+    argv = ["docker-registry", "garbage-collect", "--delete-untagged", CONFIG]
+    _exec(client, name, argv, "garbage-collect")

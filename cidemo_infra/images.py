@@ -53,7 +53,8 @@ def _is_bytecode(path: Path) -> bool:
     return path.suffix == ".pyc" or "__pycache__" in path.relative_to(IMAGES_DIR).parts
 
 
-def _has(client: docker.DockerClient, ref: str) -> bool:
+def has(client: docker.DockerClient, ref: str) -> bool:
+    """Whether the engine has the image `ref`."""
     try:
         client.images.get(ref)
     except docker.errors.ImageNotFound:
@@ -70,18 +71,18 @@ def planned_base(client: docker.DockerClient) -> str:
     chosen = os.environ.get("CIDEMO_BASE_IMAGE")
     if chosen:
         return chosen
-    return UPSTREAM_BASE if _has(client, UPSTREAM_BASE) else LOCAL_BASE
+    return UPSTREAM_BASE if has(client, UPSTREAM_BASE) else LOCAL_BASE
 
 
 def base_image(client: docker.DockerClient, reporter: Reporter) -> str:
     """The Debian base: CIDEMO_BASE_IMAGE, a present one, a pulled one, or one made offline."""
     chosen = os.environ.get("CIDEMO_BASE_IMAGE")
     if chosen:
-        if not _has(client, chosen):
+        if not has(client, chosen):
             raise UsageError(f"CIDEMO_BASE_IMAGE={chosen}: no such image on the engine")
         return chosen
     for ref in (UPSTREAM_BASE, LOCAL_BASE):
-        if _has(client, ref):
+        if has(client, ref):
             return ref
     try:
         with reporter.progress(f"pulling {UPSTREAM_BASE}"):
@@ -91,12 +92,12 @@ def base_image(client: docker.DockerClient, reporter: Reporter) -> str:
         pass
     # debootstrap imports into this machine's engine; another engine gets a copy from there
     here = client_for(LOCAL_ENGINE, node="local")
-    if not _has(here, LOCAL_BASE):
+    if not has(here, LOCAL_BASE):
         reporter.step(
             f"no registry answers for {UPSTREAM_BASE}; building {LOCAL_BASE} with debootstrap"
         )
         make_base_image(reporter)
-    if not _has(client, LOCAL_BASE):
+    if not has(client, LOCAL_BASE):
         with reporter.progress(f"copying {LOCAL_BASE} to the build engine"):
             client.images.load(here.images.get(LOCAL_BASE).save(named=True))
     return LOCAL_BASE
@@ -131,10 +132,10 @@ def ensure_images(
     for name in wanted:
         parent = _OWN_BASE.get(name) or base
         tag = image_tag(name, parent)
-        if not _has(first, tag):
+        if not has(first, tag):
             _build(first, first_name, name, tag, parent, reporter)
         for engine_name, client in engines[1:]:
-            if name in needs.get(engine_name, ()) and not _has(client, tag):
+            if name in needs.get(engine_name, ()) and not has(client, tag):
                 with reporter.progress(f"copying {tag} to engine {engine_name}"):
                     client.images.load(first.images.get(tag).save(named=True))
         tags[name] = tag

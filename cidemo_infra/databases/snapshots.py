@@ -42,7 +42,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from cidemo_infra import image_registry
+from cidemo_infra import image_registry, images
 from cidemo_infra.databases.database import DatabaseError, validate_database_name
 from cidemo_infra.engines import ENGINE_ERRORS
 from cidemo_infra.placement import branch_store
@@ -494,14 +494,6 @@ class Route:
         return f"{self.address}/{ref}"
 
 
-def _has(client: docker.DockerClient, ref: str) -> bool:
-    try:
-        client.images.get(ref)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-
-
 def ship(
     source: docker.DockerClient,
     targets: Mapping[str, docker.DockerClient],
@@ -511,7 +503,7 @@ def ship(
     """Copy the image `ref` to the engines that lack it: pushed once to the site registry and
     pulled from there when the site has one (`route`), else save/load through the engines' APIs.
     Returns the engines it was copied to."""
-    missing = {name: client for name, client in targets.items() if not _has(client, ref)}
+    missing = {name: client for name, client in targets.items() if not images.has(client, ref)}
     if missing and route is not None:
         _push(source, ref, route)
     for name, client in missing.items():

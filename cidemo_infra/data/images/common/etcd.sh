@@ -179,7 +179,7 @@ etcd_refresh_all() {
 
 # etcd_set_all TTL KEY VALUE [KEY VALUE ...]: etcd_set of every pair, in one curl and one jq.
 etcd_set_all() {
-  local ttl=$1 urls=() outcomes=() one rc=0 n=0
+  local ttl=$1 urls=() outcomes=() one rc=0
   shift
   while [ $# -ge 2 ]; do
     urls+=("$(_etcd_url "$1")?value=$(_etcd_uri "$2")")
@@ -187,13 +187,12 @@ etcd_set_all() {
   done
   [ ${#urls[@]} -gt 0 ] || return 0
   _etcd_put_each outcomes "ttl=$ttl" "${urls[@]}" || return 2
-  for one in "${outcomes[@]}"; do
+  for one in "${outcomes[@]}"; do  # _etcd_put_each gave one answer per URL
     case "$one" in
-      set | update | create) n=$((n + 1)) ;;
+      set | update | create) ;;
       *) rc=2 ;;
     esac
   done
-  [ "$n" -eq ${#urls[@]} ] || rc=2
   return "$rc"
 }
 
